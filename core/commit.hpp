@@ -1,0 +1,127 @@
+// commit.hpp — group commit of one core's messages into its spool segments.
+//
+// Sessions stage each message in a spool::MessageBuilder (the one copy of its text). When a
+// message is complete the session hands it here and waits. At the end of each loop iteration,
+// if no commit is in flight, every message waiting is sealed and written with one writev at
+// the segment's end, linked to one fdatasync; when that completes, every session of the batch
+// learns its result and only then answers 250. Whatever arrives while a commit is in flight
+// forms the next batch, so the batch grows with the load and the fsync rate stays bounded.
+//
+// Segments are created ahead of need through the ring (openat, fallocate, header write, fsync
+// of file and directory), so running out of disk space is found before any 250: a message
+// that cannot be placed gets 452 4.3.1 and the next message tries again. A write or fdatasync
+// error fences the segment for good (no retry-then-succeed on the same file, the lesson of
+// "fsyncgate") and the batch gets 451 4.3.0.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/queue.hpp"
+#include "core/reactor.hpp"
+#include "net/smtp_server.hpp"
+#include "spool/record.hpp"
+
+namespace ringmail {
+
+// A message waiting for its commit: owns the staged record.
+class CommitWaiter {
+public:
+    spool::MessageBuilder builder;
+    uint16_t rcpts = 0;   // for the queue entry
+    bool sealed = false;  // set by the committer
+    virtual void commit_finished(smtp::CommitResult r) = 0;
+
+protected:
+    ~CommitWaiter() = default;
+};
+
+struct CommitStats {
+    uint64_t commits = 0;   // fdatasyncs of message batches
+    uint64_t messages = 0;  // messages made durable
+    uint64_t bytes = 0;
+    uint64_t failed = 0;    // messages answered 451/452
+    uint64_t segments = 0;  // segments created
+};
+
+class Committer {
+public:
+    Committer(Reactor& reactor, const Config& config, uint32_t core, Queue& queue);
+    ~Committer();
+    Committer(const Committer&) = delete;
+    Committer& operator=(const Committer&) = delete;
+
+    // At start, on the reactor thread before the loop: blocking calls are fine here.
+    [[nodiscard]] bool open(uint64_t first_segment_seq, uint64_t first_id_counter,
+                            std::string* error);
+
+    [[nodiscard]] uint64_t next_id() { return (id_counter_++ << 8) | core_; }
+    [[nodiscard]] spool::ChunkPool& pool() { return pool_; }
+
+    void submit(CommitWaiter* w);   // the message is complete; w waits for commit_finished
+    void flush(uint64_t now_us);    // end of a loop iteration: start a commit if one can run
+    [[nodiscard]] bool idle() const { return pending_.empty() && !batch_inflight_; }
+    [[nodiscard]] const CommitStats& stats() const { return stats_; }
+    void shutdown();  // blocking close at exit
+
+private:
+    struct Segment {
+        int fd = -1;
+        uint64_t seq = 0;
+        uint64_t size = 0;    // preallocated bytes
+        uint64_t offset = 0;  // end of the written records
+        bool fenced = false;
+    };
+    enum class Prep : uint8_t { none, opening, allocating, finishing, ready, failed };
+
+    void start_batch();
+    void finish_batch(bool ok);
+    void fail_pending(smtp::CommitResult r);
+    bool rotate();
+    void prepare_next();
+    void prep_step(int res);
+    static void on_batch_op(void* self, int res, uint32_t);
+    static void on_prep_op(void* self, int res, uint32_t);
+    static void on_close_op(void*, int, uint32_t) {}
+    [[nodiscard]] std::string segment_path(uint64_t seq) const;
+
+    Reactor& reactor_;
+    const Config& config_;
+    uint32_t core_;
+    Queue& queue_;
+    spool::ChunkPool pool_;
+    uint64_t salt_ = 0;
+    uint64_t id_counter_ = 0;
+    uint64_t next_seq_ = 0;
+    int dir_fd_ = -1;
+    std::string dir_;
+
+    Segment current_;
+    Segment next_;
+    Prep prep_ = Prep::none;
+    int prep_errno_ = 0;
+    uint64_t prep_retry_after_us_ = 0;
+    std::string prep_path_;
+    char header_buf_[128];
+
+    std::vector<CommitWaiter*> pending_;
+    std::vector<CommitWaiter*> batch_;
+    std::vector<iovec> iov_;
+    uint64_t batch_bytes_ = 0;
+    uint32_t batch_ops_left_ = 0;
+    bool batch_ok_ = true;
+    bool batch_inflight_ = false;
+    uint64_t now_us_ = 0;
+    uint64_t window_start_us_ = 0;
+
+    IoOp batch_op_{&Committer::on_batch_op, this};
+    IoOp prep_op_{&Committer::on_prep_op, this};
+    IoOp close_op_{&Committer::on_close_op, this};
+    CommitStats stats_;
+};
+
+}  // namespace ringmail

@@ -1,0 +1,146 @@
+// config.cpp — flags with CLI11; --config FILE takes the same keys as "key = value" lines.
+#include "core/config.hpp"
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+
+namespace ringmail {
+namespace {
+
+bool parse_listen(const std::string& text, ListenAddress& out) {
+    // "127.0.0.1:2525", "[::1]:2525", ":2525" (all IPv4 addresses)
+    auto colon = text.rfind(':');
+    if (colon == std::string::npos) return false;
+    std::string host = text.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    if (host.empty()) host = "0.0.0.0";
+    unsigned port = 0;
+    auto p = text.data() + colon + 1, e = text.data() + text.size();
+    auto [ptr, ec] = std::from_chars(p, e, port);
+    if (ec != std::errc() || ptr != e || port == 0 || port > 65535) return false;
+    out.host = host;
+    out.port = static_cast<uint16_t>(port);
+    return true;
+}
+
+std::string default_hostname() {
+    char buf[256] = {};
+    if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == 0) return "localhost";
+    return buf;
+}
+
+}  // namespace
+
+int parse_config(int argc, char** argv, Config& c) {
+    CLI::App app{"ringmail — a durable, thread-per-core mail relay on io_uring"};
+    app.set_config("--config", "", "read flags from FILE (key = value lines)");
+    app.get_formatter()->column_width(44);
+
+    std::vector<std::string> listen{"127.0.0.1:2525"};
+    std::vector<std::string> networks{"127.0.0.0/8", "::1/128"};
+    app.add_option("--listen", listen, "address:port to accept SMTP on (repeatable)")
+        ->capture_default_str()
+        ->delimiter(',');
+    app.add_option("--threads", c.threads, "reactor threads, one per core (0: online CPUs)")
+        ->capture_default_str();
+    app.add_option("--spool-dir", c.spool_dir, "spool directory")->capture_default_str();
+    app.add_option("--hostname", c.hostname, "name in the greeting and Received headers")
+        ->default_str("the host name");
+    app.add_option("--relay-networks", networks, "client networks that may relay anywhere")
+        ->capture_default_str()
+        ->delimiter(',');
+    app.add_option("--relay-domains", c.relay_domains,
+                   "domains anyone may send to (.example.com: its subdomains)")
+        ->delimiter(',');
+    app.add_option("--max-recipients", c.recipients_max, "recipients per message")
+        ->capture_default_str()
+        ->check(CLI::Range(limits::rfc_recipients_min, 1000000u));
+    app.add_option("--max-message-size", c.message_size_max_bytes,
+                   "bytes per message (advertised in SIZE)")
+        ->capture_default_str()
+        ->check(CLI::Range(uint64_t{1024}, uint64_t{1} << 34));
+    app.add_option("--max-connections", c.connections_max, "connections in all (split over threads)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 10000000u));
+    app.add_option("--max-connections-per-ip", c.connections_per_ip_max,
+                   "connections from one client address")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 10000000u));
+    app.add_option("--max-junk-commands", c.junk_commands_max,
+                   "bad or unknown commands before 421 and disconnect")
+        ->capture_default_str();
+    app.add_option("--timeout-command-ms", c.timeout_command_ms, "idle time waiting for a command")
+        ->capture_default_str()
+        ->check(CLI::Range(10u, 86400000u));
+    app.add_option("--timeout-data-ms", c.timeout_data_ms, "idle time inside DATA/BDAT")
+        ->capture_default_str()
+        ->check(CLI::Range(10u, 86400000u));
+    app.add_option("--greet-delay-ms", c.greet_delay_ms,
+                   "greeting delay for clients outside relay networks; talking first is refused")
+        ->capture_default_str();
+    app.add_option("--commit-window-us", c.commit_window_us,
+                   "extra wait to grow a commit batch (0: commit as soon as the disk is free)")
+        ->capture_default_str();
+    app.add_option("--ring-entries", c.ring_entries, "io_uring submission entries per thread")
+        ->capture_default_str()
+        ->check(CLI::Range(64u, 32768u));
+    app.add_option("--recv-buffer-bytes", c.recv_buffer_bytes, "bytes per receive buffer")
+        ->capture_default_str()
+        ->check(CLI::Range(static_cast<uint32_t>(limits::command_line_max_bytes), 1u << 20));
+    app.add_option("--recv-buffer-count", c.recv_buffer_count,
+                   "receive buffers per thread (power of two)")
+        ->capture_default_str()
+        ->check(CLI::Range(16u, 32768u));
+    app.add_option("--channel-capacity", c.channel_capacity,
+                   "entries of each core-to-core channel (power of two)")
+        ->capture_default_str()
+        ->check(CLI::Range(16u, 1u << 20));
+    app.add_option("--segment-size", c.segment_bytes, "bytes preallocated per spool segment")
+        ->capture_default_str()
+        ->check(CLI::Range(uint64_t{1} << 20, uint64_t{1} << 36));
+    app.add_option("--staging-memory", c.staging_memory_max_bytes,
+                   "bytes per thread for message text not yet committed")
+        ->capture_default_str();
+    app.add_flag("!--no-fsync", c.fsync,
+                 "DANGEROUS, benchmarks only: answer 250 without fdatasync");
+    app.add_option("--log-level", c.log_level, "error, warn, info or debug")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) + 1;
+    }
+
+    auto pow2 = [](uint32_t v) { return (v & (v - 1)) == 0; };
+    if (!pow2(c.recv_buffer_count) || !pow2(c.channel_capacity)) {
+        fprintf(stderr, "ringmail: --recv-buffer-count and --channel-capacity must be powers of two\n");
+        return 3;
+    }
+    if (c.staging_memory_max_bytes < c.message_size_max_bytes + (1u << 20)) {
+        fprintf(stderr, "ringmail: --staging-memory must exceed --max-message-size by 1 MiB\n");
+        return 3;
+    }
+    c.listen.clear();
+    for (const auto& l : listen) {
+        ListenAddress a;
+        if (!parse_listen(l, a)) {
+            fprintf(stderr, "ringmail: --listen %s: expected ADDRESS:PORT\n", l.c_str());
+            return 3;
+        }
+        c.listen.push_back(a);
+    }
+    c.relay_networks = networks;
+    if (c.hostname.empty()) c.hostname = default_hostname();
+    if (c.threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        c.threads = n > 0 ? static_cast<uint32_t>(n) : 1;
+    }
+    return 0;
+}
+
+}  // namespace ringmail

@@ -1,0 +1,52 @@
+// config.hpp — the settings of one ringmail process, from flags (and --config FILE).
+//
+// Defaults come from core/limits.hpp; parse_config() is the only place that reads argv.
+// The result is immutable once the reactors start, and each reactor reads it without locks.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/limits.hpp"
+
+namespace ringmail {
+
+struct ListenAddress {
+    std::string host;  // "127.0.0.1", "::1"
+    uint16_t port = 0;
+};
+
+struct Config {
+    std::vector<ListenAddress> listen;
+    uint32_t threads = 0;  // 0: online CPUs
+    std::string spool_dir = "./var/spool";
+    std::string hostname;  // default: gethostname()
+    std::vector<std::string> relay_networks;
+    std::vector<std::string> relay_domains;
+
+    uint32_t recipients_max = limits::recipients_max_default;
+    uint64_t message_size_max_bytes = limits::message_size_max_bytes_default;
+    uint32_t connections_max = limits::connections_max_default;
+    uint32_t connections_per_ip_max = limits::connections_per_ip_max_default;
+    uint32_t junk_commands_max = limits::junk_commands_max_default;
+    uint32_t timeout_command_ms = limits::timeout_command_ms_default;
+    uint32_t timeout_data_ms = limits::timeout_data_ms_default;
+    uint32_t greet_delay_ms = limits::greet_delay_ms_default;
+    uint32_t commit_window_us = limits::commit_window_us_default;
+
+    uint32_t ring_entries = limits::ring_entries_default;
+    uint32_t recv_buffer_bytes = limits::recv_buffer_bytes_default;
+    uint32_t recv_buffer_count = limits::recv_buffer_count_default;
+    uint32_t channel_capacity = limits::channel_capacity_default;
+    uint64_t segment_bytes = limits::segment_bytes_default;
+    uint64_t staging_memory_max_bytes = limits::staging_memory_max_bytes_default;
+    bool fsync = true;  // only a benchmark may turn this off; logged loudly
+    std::string log_level = "info";
+};
+
+// Parses flags. Returns 0 to continue; otherwise the process should exit with (ret - 1)
+// (0 after --help, 2 after a usage error, which has been printed).
+[[nodiscard]] int parse_config(int argc, char** argv, Config& out);
+
+}  // namespace ringmail

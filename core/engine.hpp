@@ -1,0 +1,156 @@
+// engine.hpp — one core of ringmail: its reactor, listeners, connections, spool committer,
+// queue, timers, and its ends of the core-to-core channels.
+//
+// Runs entirely on its own thread. What it shares with other cores is read-only (Shared) or
+// a bounded SPSC channel. Per-client-address connection counts are owned by one core per
+// address (a hash of the address), asked over the channels, so the limit is exact without a
+// lock.
+#pragma once
+
+#include <atomic>
+#include <barrier>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/channel.hpp"
+#include "core/commit.hpp"
+#include "core/config.hpp"
+#include "core/queue.hpp"
+#include "core/reactor.hpp"
+#include "net/relay_policy.hpp"
+#include "net/smtp_server.hpp"
+
+namespace ringmail {
+
+class Connection;
+
+struct IpHash {
+    size_t operator()(const smtp::IpAddress& a) const noexcept {
+        uint64_t h = 1469598103934665603ull;  // FNV-1a
+        for (uint8_t b : a.bytes) h = (h ^ b) * 1099511628211ull;
+        return static_cast<size_t>(h);
+    }
+};
+
+
+// A message between cores. Trivially copyable; travels on SpscRing.
+struct CoreMsg {
+    enum class Kind : uint8_t { ip_acquire, ip_grant, ip_deny, ip_release };
+    Kind kind;
+    uint16_t from;
+    uint32_t slot;
+    uint32_t generation;
+    smtp::IpAddress ip;
+};
+
+// What every core reads and nobody changes after start (ring_fds is filled before the
+// start barrier).
+struct Shared {
+    const Config* config = nullptr;
+    smtp::ServerSettings settings;
+    smtp::RelayPolicy policy;
+    std::unique_ptr<ChannelMesh<CoreMsg>> mesh;
+    std::vector<int> ring_fds;
+    std::unique_ptr<std::barrier<>> start_barrier;
+    std::atomic<int> failed{0};
+};
+
+struct EngineStart {
+    std::vector<int> listen_fds;
+    int stop_fd = -1;              // eventfd the main thread writes to ask for a stop
+    uint64_t first_segment_seq = 0;
+    uint64_t first_id_counter = 0;
+    Queue* queue = nullptr;        // filled by recovery
+};
+
+class Engine {
+public:
+    Engine(uint32_t core, Shared& shared, EngineStart start);
+    ~Engine();
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    // The thread body. Returns 0 after a graceful stop.
+    int run();
+
+    // For connections.
+    [[nodiscard]] Reactor& reactor() { return reactor_; }
+    [[nodiscard]] Committer& committer() { return *committer_; }
+    [[nodiscard]] const Shared& shared() const { return shared_; }
+    [[nodiscard]] const Config& config() const { return *shared_.config; }
+    [[nodiscard]] uint64_t now_ms() const { return now_us_ / 1000; }
+    [[nodiscard]] int64_t unix_time_s() const;
+    [[nodiscard]] bool stopping() const { return stopping_; }
+    void connection_released(Connection* c);  // the slot is free again
+    void release_permit(const smtp::IpAddress& ip);
+    void recv_starved(Connection* c);
+
+    struct Stats {
+        uint64_t accepted = 0;
+        uint64_t refused_busy = 0;
+        uint64_t refused_per_ip = 0;
+        uint64_t channel_full = 0;
+    };
+    [[nodiscard]] const Stats& stats() const { return stats_; }
+    [[nodiscard]] const CommitStats& commit_stats() const { return committer_->stats(); }
+
+private:
+    void arm_accept(size_t i);
+    void arm_tick();
+    void arm_stop();
+    void on_accept_result(size_t i, int res, uint32_t flags);
+    void refuse_busy(int fd);
+    void request_permit(Connection* c);
+    bool permit_local(const smtp::IpAddress& ip);
+    void drain_channels();
+    void handle(const CoreMsg& m);
+    void send_to(uint32_t core, const CoreMsg& m);
+    void flush_outbox();
+    void on_tick();
+    void begin_stop();
+    void update_clock();
+    [[nodiscard]] uint32_t owner_of(const smtp::IpAddress& ip) const;
+
+    struct AcceptOp {
+        IoOp op;
+        Engine* engine;
+        size_t index;
+    };
+    static void on_accept(void* self, int res, uint32_t flags);
+    static void on_tick_op(void* self, int res, uint32_t flags);
+    static void on_stop_op(void* self, int res, uint32_t flags);
+
+    uint32_t core_;
+    uint32_t ncores_;
+    Shared& shared_;
+    EngineStart start_;
+    Reactor reactor_;
+    std::unique_ptr<Committer> committer_;
+
+    std::vector<std::unique_ptr<AcceptOp>> accept_ops_;
+    std::vector<std::unique_ptr<Connection>> slots_;
+    std::vector<Connection*> free_;
+    std::vector<Connection*> open_;    // every connection not free
+    std::vector<Connection*> starved_;
+    uint32_t connections_max_ = 0;
+    uint32_t generation_ = 0;
+
+    std::unordered_map<smtp::IpAddress, uint32_t, IpHash> per_ip_;
+    std::vector<std::vector<CoreMsg>> outbox_;  // per target core, when its channel was full
+    std::vector<bool> wake_;                    // per target core, pushed this iteration
+
+    IoOp tick_op_{&Engine::on_tick_op, this};
+    __kernel_timespec tick_ts_{0, 100'000'000};
+    IoOp stop_op_{&Engine::on_stop_op, this};
+    uint64_t stop_buf_ = 0;
+    bool stopping_ = false;
+    bool listeners_closed_ = false;
+    uint64_t stop_deadline_ms_ = 0;
+    uint64_t now_us_ = 0;
+    Stats stats_;
+};
+
+}  // namespace ringmail

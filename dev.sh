@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# dev.sh — the two set-up commands of the README.
+#   ./dev.sh run [ringmail flags...]   install build deps, build, start the relay (embedded defaults)
+#   ./dev.sh test                      install test deps, build (release + ASan/UBSan), run every test
+set -euo pipefail
+cd "$(dirname "$0")"
+jobs=$(nproc)
+build() { # build DIR TYPE [cmake args...]
+    local dir=$1 type=$2; shift 2
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
+    cmake --build "$dir" -j "$jobs"
+}
+case "${1:-}" in
+run)
+    shift
+    tools/install-deps.sh
+    build build Release
+    exec build/ringmail "$@"
+    ;;
+test)
+    tools/install-deps.sh test
+    build build Release
+    # The sanitizer build runs the unit tests only; the integration suite uses the release daemon.
+    build build-asan Debug -DRINGMAIL_SANITIZE=ON -DRINGMAIL_UNIT_ONLY=ON
+    status=0
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" || status=1
+    ctest --test-dir build --output-on-failure || status=1
+    exit $status
+    ;;
+*)
+    sed -n '2,4p' "$0"; exit 2
+    ;;
+esac

@@ -1,0 +1,105 @@
+// connection.hpp — the driver of one inbound SMTP connection on a reactor.
+//
+// It owns the socket and the ring operations (multishot recv from the core's provided
+// buffers, one send at a time from the session's output buffer, close), feeds received bytes
+// to the sans-I/O smtp::ServerSession in place, and is the session's MessageSink: message
+// text is appended to a spool::MessageBuilder (the one copy) and handed to the core's
+// Committer at its end. Connections live in a per-core pool sized from --max-connections and
+// are reused; a connection is never freed while the ring or the committer still refers to it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/commit.hpp"
+#include "core/reactor.hpp"
+#include "net/smtp_server.hpp"
+
+namespace ringmail {
+
+class Engine;
+
+class Connection final : public smtp::MessageSink, public CommitWaiter {
+public:
+    enum class State : uint8_t { free, awaiting_permit, greeting_delay, active, closing };
+
+    Connection(Engine& engine, uint32_t slot);
+
+    // A new socket: from here the connection waits for its per-address permit.
+    void open(int fd, const smtp::IpAddress& ip, uint32_t generation);
+    // The owner core of the client address answered.
+    void permit(bool granted);
+    // Timers, from the engine's tick: greeting delay, command/data timeouts.
+    void tick(uint64_t now_ms);
+    // Graceful stop: 421 and close (after a pending commit resolves).
+    void shutdown();
+    // Re-arm a recv that stopped for lack of buffers.
+    void resume_recv();
+
+    [[nodiscard]] State state() const { return state_; }
+    [[nodiscard]] uint32_t slot() const { return slot_; }
+    [[nodiscard]] uint32_t generation() const { return generation_; }
+    [[nodiscard]] const smtp::IpAddress& ip() const { return ip_; }
+    [[nodiscard]] bool holds_permit() const { return holds_permit_; }
+    uint32_t list_index = 0;  // position in the engine's list of open connections
+
+private:
+    // smtp::MessageSink
+    Start message_begin(const smtp::Envelope& env) override;
+    bool message_body(std::string_view chunk) override;
+    void message_end() override;
+    void message_abort() override;
+    // CommitWaiter
+    void commit_finished(smtp::CommitResult r) override;
+
+    void start_session();
+    void arm_recv();
+    void pump();
+    void flush_output();
+    void begin_close();
+    void maybe_release();
+    void drop_pending();
+    void set_deadline();
+
+    static void on_recv(void* self, int res, uint32_t flags);
+    static void on_send(void* self, int res, uint32_t flags);
+    static void on_close(void* self, int res, uint32_t flags);
+
+    struct Pending {
+        uint16_t bid;
+        uint32_t off, len;
+    };
+    // Received buffers not yet consumed (the session waits for a commit or for output room).
+    // Past kPendingStop the recv is cancelled until the backlog drains.
+    static constexpr uint32_t kPendingMax = 32;
+    static constexpr uint32_t kPendingStop = 4;
+
+    Engine& engine_;
+    smtp::ServerSession session_;
+    smtp::ClientInfo client_;
+    smtp::IpAddress ip_;
+    char addr_text_[48] = {};
+    int fd_ = -1;
+    uint32_t slot_;
+    uint32_t generation_ = 0;
+    State state_ = State::free;
+    bool recv_armed_ = false;
+    bool send_inflight_ = false;
+    bool close_submitted_ = false;
+    bool holds_permit_ = false;
+    bool in_message_ = false;
+    bool committing_ = false;
+    bool shutdown_requested_ = false;
+    bool starved_ = false;  // recv ended with ENOBUFS
+    uint32_t inflight_ = 0;
+    uint32_t npending_ = 0;
+    Pending pending_[kPendingMax];
+    std::vector<spool::RcptField> rcpt_fields_;  // keeps its capacity across messages
+    uint64_t deadline_ms_ = 0;
+
+    IoOp recv_op_{&Connection::on_recv, this};
+    IoOp send_op_{&Connection::on_send, this};
+    IoOp close_op_{&Connection::on_close, this};
+};
+
+}  // namespace ringmail
