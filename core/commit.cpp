@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 
@@ -32,6 +33,13 @@ int64_t realtime_us() {
 
 // Each writev carries at most this many iovecs (IOV_MAX is 1024 on Linux).
 constexpr size_t kIovPerWrite = 1024;
+
+// New segments are overwritten with zeros in writes of this size.
+constexpr uint64_t kZeroBytes = 1 << 20;
+const char* zeros() {
+    static const char* z = static_cast<const char*>(calloc(1, kZeroBytes));
+    return z;
+}
 
 }  // namespace
 
@@ -114,6 +122,28 @@ void Committer::prep_step(int res) {
     }
     case Prep::allocating: {
         if (res < 0) break;
+        // Write zeros over the whole segment. fallocate alone leaves "unwritten" extents, and
+        // then every fdatasync must also commit the journal entry that converts them: about
+        // 10x slower per commit on ext4 than overwriting blocks already written (measured
+        // here: ~740 us against ~75 us). The zeros are also what recovery reads as the end.
+        prep_ = Prep::zeroing;
+        prep_ops_left_ = 0;
+        for (uint64_t off = 0; off < next_.size; off += kZeroBytes) {
+            io_uring_sqe* s = reactor_.sqe(prep_op_);
+            auto n = static_cast<unsigned>(std::min<uint64_t>(kZeroBytes, next_.size - off));
+            io_uring_prep_write(s, next_.fd, zeros(), n, off);
+            prep_ops_left_++;
+        }
+        prep_zero_failed_ = 0;
+        return;
+    }
+    case Prep::zeroing: {
+        if (res < 0) prep_zero_failed_ = res;
+        if (--prep_ops_left_ > 0) return;
+        if (prep_zero_failed_ < 0) {
+            res = prep_zero_failed_;
+            break;
+        }
         spool::SegmentHeader h;
         h.core = core_;
         h.segment_seq = next_.seq;

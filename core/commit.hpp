@@ -7,8 +7,8 @@
 // learns its result and only then answers 250. Whatever arrives while a commit is in flight
 // forms the next batch, so the batch grows with the load and the fsync rate stays bounded.
 //
-// Segments are created ahead of need through the ring (openat, fallocate, header write, fsync
-// of file and directory), so running out of disk space is found before any 250: a message
+// Segments are created ahead of need through the ring (openat, fallocate, zero fill, header
+// write, fsync of file and directory), so running out of disk space is found before any 250: a message
 // that cannot be placed gets 452 4.3.1 and the next message tries again. A write or fdatasync
 // error fences the segment for good (no retry-then-succeed on the same file, the lesson of
 // "fsyncgate") and the batch gets 451 4.3.0.
@@ -76,7 +76,7 @@ private:
         uint64_t offset = 0;  // end of the written records
         bool fenced = false;
     };
-    enum class Prep : uint8_t { none, opening, allocating, finishing, ready, failed };
+    enum class Prep : uint8_t { none, opening, allocating, zeroing, finishing, ready, failed };
 
     void start_batch();
     void finish_batch(bool ok);
@@ -104,6 +104,8 @@ private:
     Segment next_;
     Prep prep_ = Prep::none;
     int prep_errno_ = 0;
+    uint32_t prep_ops_left_ = 0;
+    int prep_zero_failed_ = 0;
     uint64_t prep_retry_after_us_ = 0;
     std::string prep_path_;
     char header_buf_[128];

@@ -32,12 +32,13 @@
 
 namespace ringmail::spool {
 
-inline constexpr uint32_t record_magic = 0x31524d52;  // "RMR1" little endian
+inline constexpr uint32_t record_magic = 0x31524d52;       // "RMR1" little endian
 inline constexpr uint32_t message_end_magic = 0x444e4d52;  // "RMND"
 inline constexpr size_t record_header_bytes = 16;
 
 enum class RecordType : uint8_t {
-    segment_header = 1,  // payload: u32 version | u32 core | u64 segment_seq | u64 salt | i64 created_unix_us
+    // payload: u32 version | u32 core | u64 segment_seq | u64 salt | i64 created_unix_us
+    segment_header = 1,
     message = 2,
 };
 
@@ -57,7 +58,7 @@ struct EnvelopeFields {
 // A fixed-size-chunk pool for staged message text; a hard cap on the memory it may hold.
 // Single-threaded (one per core). Chunks are recycled, never returned to the heap.
 class ChunkPool {
-public:
+  public:
     ChunkPool(size_t chunk_bytes, uint64_t max_bytes);
     ~ChunkPool();
     ChunkPool(const ChunkPool&) = delete;
@@ -67,7 +68,7 @@ public:
     [[nodiscard]] size_t chunk_bytes() const { return chunk_bytes_; }
     [[nodiscard]] uint64_t bytes_in_use() const;
 
-private:
+  private:
     size_t chunk_bytes_;
     uint64_t max_bytes_;
     std::vector<char*> owned_;   // every chunk ever allocated; freed by the destructor only
@@ -78,7 +79,7 @@ private:
 // One message record being staged: envelope at begin(), text appended as it arrives (the one
 // copy from the receive buffer), sealed with the segment salt when its batch is written.
 class MessageBuilder {
-public:
+  public:
     MessageBuilder() = default;
     ~MessageBuilder();  // returns its chunks
     MessageBuilder(const MessageBuilder&) = delete;
@@ -88,7 +89,9 @@ public:
     [[nodiscard]] bool begin(ChunkPool& pool, uint64_t id, int64_t arrival_unix_us,
                              const EnvelopeFields& env);
     [[nodiscard]] bool append(std::string_view text);  // false: pool exhausted
-    // Writes the trailer and the header (payload length and crc over the salt).
+    // Writes the trailer and the header (payload length and crc over the salt). Never fails
+    // for lack of memory (begin and append hold room for the trailer); false only when the
+    // builder is not open (never begun, or already sealed: a record is sealed once).
     [[nodiscard]] bool seal(uint64_t salt);
     void reset();  // give every chunk back; ready for begin() again
 
@@ -98,10 +101,10 @@ public:
     // The sealed record as iovecs, appended to `out` (one per chunk in use).
     void iovecs(std::vector<iovec>& out) const;
 
-private:
+  private:
     enum class State : uint8_t { idle, open, sealed };
-    [[nodiscard]] bool reserve(uint64_t n);        // all-or-nothing: chunks for n more bytes
-    void write(const void* data, size_t n);        // payload bytes, folded into the crc
+    [[nodiscard]] bool reserve(uint64_t n);  // all-or-nothing: chunks for n more bytes
+    void write(const void* data, size_t n);  // payload bytes, folded into the crc
     void write_str16(std::string_view s);
 
     ChunkPool* pool_ = nullptr;
@@ -109,7 +112,7 @@ private:
     uint64_t used_bytes_ = 0;    // header + payload staged so far
     uint64_t body_bytes_ = 0;
     uint64_t id_ = 0;
-    uint32_t crc_ = 0;           // running CRC32C of the payload
+    uint32_t crc_ = 0;  // running CRC32C of the payload
     State state_ = State::idle;
 };
 
