@@ -26,12 +26,13 @@ struct IpAddress {
 struct Cidr {
     IpAddress base;
     uint8_t prefix_bits = 128;  // over the 128-bit form (IPv4 /8 is stored as /104)
-    static std::optional<Cidr> parse(std::string_view text);  // "127.0.0.0/8", "::1/128", "10.1.2.3"
+    // "127.0.0.0/8", "::1/128", "::ffff:10.0.0.0/104", "10.1.2.3" (a single host).
+    static std::optional<Cidr> parse(std::string_view text);
     bool contains(const IpAddress& a) const;
 };
 
 class RelayPolicy {
-public:
+  public:
     RelayPolicy() = default;
     RelayPolicy(std::vector<Cidr> networks, std::vector<std::string> domains);
 
@@ -46,7 +47,7 @@ public:
     [[nodiscard]] bool may_send(bool client_trusted, std::string_view local_part,
                                 std::string_view domain) const;
 
-private:
+  private:
     std::vector<Cidr> networks_;
     std::vector<std::string> domains_;  // lower case
 };

@@ -62,17 +62,20 @@ struct Envelope {
 
 // Where a received message goes: the driver's spool batch.
 class MessageSink {
-public:
+  public:
     // A message begins (DATA accepted / first BDAT). The driver gives it its queue id and the
     // arrival time (the session has no clock). id 0: no storage available now; the session
-    // answers 452 4.3.1 (at DATA, or after the last BDAT) and discards the message text.
+    // answers 452 4.3.1 (to DATA, or to that first BDAT chunk, whose octets it discards, and
+    // to the later BDATs of that transaction) and drops the transaction's message.
     struct Start {
-        uint64_t id = 0;           // shown as 16 lowercase hex digits (format_queue_id)
-        int64_t unix_time_s = 0;   // for the Received header's date
+        uint64_t id = 0;          // shown as 16 lowercase hex digits (format_queue_id)
+        int64_t unix_time_s = 0;  // for the Received header's date
     };
     virtual Start message_begin(const Envelope& env) = 0;
     // Next piece of message text in order: the Received header first, then the content with
-    // CRLF line endings, dot-unstuffed, without the terminating CRLF.CRLF. The span points
+    // CRLF line endings, dot-unstuffed, without the terminating ".CRLF" (the CRLF before the
+    // dot ends the last line and is part of the text, RFC 5321 §4.1.1.4; "DATA" then ".CRLF"
+    // gives no content). BDAT text is passed as sent (it may not end in CRLF). The span points
     // into the bytes given to feed() (or into the session for the Received header) and is
     // valid only during the call. False: storage ran out; the session aborts the message
     // (message_abort) and answers 452 4.3.1 at its end.
@@ -82,7 +85,7 @@ public:
     // The message begun is dropped (size limit, bare CR/LF, RSET during BDAT, disconnect).
     virtual void message_abort() = 0;
 
-protected:
+  protected:
     ~MessageSink() = default;
 };
 
@@ -90,13 +93,13 @@ protected:
 void format_queue_id(uint64_t id, char (&out)[16]);
 
 enum class CommitResult : uint8_t {
-    ok,          // 250 2.0.0 Ok: queued as <id>
-    failed,      // 451 4.3.0 write or fdatasync failed
-    no_space,    // 452 4.3.1 insufficient system storage
+    ok,        // 250 2.0.0 Ok: queued as <id>
+    failed,    // 451 4.3.0 write or fdatasync failed
+    no_space,  // 452 4.3.1 insufficient system storage
 };
 
 class ServerSession {
-public:
+  public:
     ServerSession(const ServerSettings& settings, MessageSink& sink);
     ServerSession(const ServerSession&) = delete;
     ServerSession& operator=(const ServerSession&) = delete;
@@ -119,9 +122,9 @@ public:
     void commit_done(CommitResult r);
 
     // Timers and the end of the connection, decided by the driver.
-    void timeout();             // 421 4.4.2 and close
-    void shutdown();            // 421 4.3.2 service shutting down, and close
-    void peer_closed();         // aborts a message in progress (no reply)
+    void timeout();      // 421 4.4.2 and close
+    void shutdown();     // 421 4.3.2 service shutting down, and close
+    void peer_closed();  // aborts a message in progress (no reply)
 
     // Reply bytes to send; the driver sends them and then calls output_sent(n).
     [[nodiscard]] std::string_view output() const { return {out_, out_len_}; }
@@ -131,7 +134,7 @@ public:
     [[nodiscard]] bool waiting_commit() const;
     [[nodiscard]] bool in_data() const;  // the data timeout applies, not the command one
 
-private:
+  private:
     // Implementation state (net/smtp_server.cpp). Fixed buffers: no allocation per message in
     // the steady state (the envelope arena keeps its capacity across messages).
     enum class Phase : uint8_t { idle, command, data, bdat_chunk, commit_wait, closed };
@@ -154,7 +157,7 @@ private:
     void put(std::initializer_list<std::string_view> parts);
     void reject(std::initializer_list<std::string_view> parts);  // an error that counts as junk
     void put_refusal(Refusal r);
-    void close_with(std::string_view code_text);
+    void close_with(std::initializer_list<std::string_view> parts);
     void close_session();
     [[nodiscard]] size_t output_room() const { return sizeof out_ - out_len_; }
 

@@ -92,15 +92,37 @@ void write_all(std::string_view bytes) {
 
 // A JSON string: every byte outside printable ASCII as \u00XX of the byte, so any stored text
 // (even invalid UTF-8) gives valid JSON; consumers compare bodies through body_sha256.
+// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629), or 0 if it is not one.
+size_t utf8_sequence(std::string_view s, size_t i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c >= 0xf0 && c <= 0xf4   ? 4
+               : c >= 0xe0 && c < 0xf0 ? 3
+               : c >= 0xc2 && c < 0xe0 ? 2
+                                       : 0;
+    if (n == 0 || i + n > s.size()) return 0;
+    for (size_t k = 1; k < n; k++)
+        if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return 0;
+    const auto c1 = static_cast<unsigned char>(s[i + 1]);
+    if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 >= 0xa0) || (c == 0xf0 && c1 < 0x90) ||
+        (c == 0xf4 && c1 >= 0x90))
+        return 0;  // overlong, surrogate, or past U+10FFFF
+    return n;
+}
+
+// JSON string: well-formed UTF-8 (SMTPUTF8 addresses) is kept as it is; control characters
+// and bytes that are not UTF-8 are written as \u00XX of the byte.
 std::string json_string(std::string_view s) {
     std::string out = "\"";
-    for (const char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
+    for (size_t i = 0; i < s.size(); i++) {
+        const auto c = static_cast<unsigned char>(s[i]);
         if (c == '"' || c == '\\') {
             out += '\\';
-            out += ch;
+            out += s[i];
         } else if (c >= 0x20 && c < 0x7f) {
-            out += ch;
+            out += s[i];
+        } else if (size_t n = c >= 0x80 ? utf8_sequence(s, i) : 0; n > 0) {
+            out.append(s.substr(i, n));
+            i += n - 1;
         } else {
             char esc[8];
             std::snprintf(esc, sizeof esc, "\\u%04x", c);
