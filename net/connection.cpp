@@ -46,6 +46,7 @@ void Connection::open(int fd, const smtp::IpAddress& ip, uint32_t generation) {
     client_.addr_text = addr_text_;
     client_.addr = ip;
     client_.relay_allowed = engine_.shared().policy.network_trusted(ip);
+    session_.reset(client_);  // the slot's session still holds the last connection's state
 }
 
 void Connection::permit(bool granted) {

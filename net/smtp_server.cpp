@@ -223,6 +223,13 @@ void ServerSession::enter(Phase next) {
 }
 
 void ServerSession::start(const ClientInfo& client) {
+    reset(client);
+    put({"220 ", settings_.hostname, " ESMTP ringmail"});
+    greeting_unsent_ = true;
+    enter(Phase::command);
+}
+
+void ServerSession::reset(const ClientInfo& client) {
     SMTP_ASSERT(settings_.relay != nullptr);
     SMTP_ASSERT(settings_.hostname.size() <= limits::domain_max_bytes);
     SMTP_ASSERT(phase_ != Phase::commit_wait);  // commit_done first: envelope views would dangle
@@ -243,9 +250,7 @@ void ServerSession::start(const ClientInfo& client) {
     client_addr_len_ = std::min(client.addr_text.size(), sizeof client_addr_);
     std::memcpy(client_addr_, client.addr_text.data(), client_addr_len_);
     reset_transaction();
-    put({"220 ", settings_.hostname, " ESMTP ringmail"});
-    greeting_unsent_ = true;
-    enter(Phase::command);
+    greeting_unsent_ = false;
 }
 
 void ServerSession::refuse(std::string_view reply_line) {

@@ -104,7 +104,10 @@ class ServerSession {
     ServerSession(const ServerSession&) = delete;
     ServerSession& operator=(const ServerSession&) = delete;
 
-    // Start a connection: resets all state and writes the 220 greeting to the output.
+    // A new connection: forget everything about the previous one, write nothing (the driver
+    // may hold the greeting back, or refuse the client).
+    void reset(const ClientInfo& client);
+    // Start a connection: reset() and write the 220 greeting to the output.
     void start(const ClientInfo& client);
     // The connection is refused at the greeting: writes "421 4.7.0 <text>" (too many
     // connections) and asks to close.
