@@ -125,6 +125,17 @@ int parse_config(int argc, char** argv, Config& c) {
         fprintf(stderr, "ringmail: --staging-memory must exceed --max-message-size by 1 MiB\n");
         return 3;
     }
+    // Any single message record must fit an empty segment: its text, its envelope (at most
+    // recipients × (path + parameters + lengths)) and headers.
+    uint64_t record_max = c.message_size_max_bytes +
+                          uint64_t{c.recipients_max} * (limits::path_max_bytes +
+                                                        limits::mail_params_max_bytes + 8) +
+                          (64u << 10);
+    if (c.segment_bytes < record_max) {
+        fprintf(stderr, "ringmail: --segment-size must be at least %llu for these limits\n",
+                static_cast<unsigned long long>(record_max));
+        return 3;
+    }
     c.listen.clear();
     for (const auto& l : listen) {
         ListenAddress a;

@@ -2,7 +2,9 @@
 // per core, and the graceful stop on SIGTERM/SIGINT.
 #include <dirent.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -146,6 +148,14 @@ int main(int argc, char** argv) {
 
     if (!make_dirs(cfg.spool_dir)) {
         LOG_ERROR("cannot create spool directory %s: %s", cfg.spool_dir.c_str(), strerror(errno));
+        return 1;
+    }
+    // One process per spool: a second one would append to the same logs.
+    std::string lock_path = cfg.spool_dir + "/lock";
+    int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        LOG_ERROR("spool %s is in use by another ringmail (%s)", cfg.spool_dir.c_str(),
+                  strerror(errno));
         return 1;
     }
     if (!cfg.fsync) LOG_WARN("--no-fsync: messages are acknowledged before they are durable");

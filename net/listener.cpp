@@ -15,7 +15,7 @@ namespace {
 
 constexpr int kBacklog = 4096;
 
-int open_one(const ListenAddress& a, std::string* error) {
+int open_one(const ListenAddress& a, bool reuseport, std::string* error) {
     sockaddr_storage ss{};
     socklen_t len;
     auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
@@ -39,12 +39,13 @@ int open_one(const ListenAddress& a, std::string* error) {
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     // Accepted sockets inherit TCP_NODELAY: replies are whole and sent once per read, so
     // Nagle would only add a delayed-ACK stall between 354 and 250.
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, kBacklog) != 0) {
+    if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+        (reuseport && listen(fd, kBacklog) != 0)) {
         *error = "listen on " + a.host + ":" + std::to_string(a.port) + ": " + strerror(errno);
         close(fd);
         return -1;
@@ -58,8 +59,18 @@ std::vector<std::vector<int>> open_listeners(const std::vector<ListenAddress>& a
                                              uint32_t threads, std::string* error) {
     std::vector<std::vector<int>> out(threads);
     for (const auto& a : addrs) {
+        // SO_REUSEPORT would let us join the group of another process of the same user that
+        // already listens there and silently take half its connections: a plain bind first
+        // finds such a listener (EADDRINUSE), as operators expect.
+        int probe = open_one(a, false, error);
+        if (probe < 0) {
+            for (auto& v : out)
+                for (int f : v) close(f);
+            return {};
+        }
+        close(probe);
         for (uint32_t t = 0; t < threads; t++) {
-            int fd = open_one(a, error);
+            int fd = open_one(a, true, error);
             if (fd < 0) {
                 for (auto& v : out)
                     for (int f : v) close(f);

@@ -376,10 +376,10 @@ def ringmail_factory(tmp_path):
     at teardown."""
     daemons = []
 
-    def make(*args, greet_delay_ms=0):
+    def make(*args, greet_delay_ms=0, spool_dir=None):
         workdir = tmp_path / f"d{len(daemons)}"
         workdir.mkdir()
-        d = Daemon(str(workdir), args, greet_delay_ms)
+        d = Daemon(str(workdir), args, greet_delay_ms, spool_dir=spool_dir)
         daemons.append(d)
         return d.start()
 
@@ -433,6 +433,7 @@ def helpers():
         smtplib_content = staticmethod(smtplib_content)
         dot_stuff = staticmethod(dot_stuff)
         sha256 = staticmethod(sha256)
+        RINGMAIL_BIN = RINGMAIL_BIN
         send_smtplib = staticmethod(send_smtplib)
         QUEUED_RE = QUEUED_RE
         QUEUED_TEXT_RE = QUEUED_TEXT_RE
