@@ -65,6 +65,11 @@ public:
     void submit(CommitWaiter* w);   // the message is complete; w waits for commit_finished
     void flush(uint64_t now_us);    // end of a loop iteration: start a commit if one can run
     [[nodiscard]] bool idle() const { return pending_.empty() && !batch_inflight_; }
+    // Idle, and no segment preparation in flight: nothing of ours is left in the ring (an
+    // openat completing after the ring is gone would leak its fd).
+    [[nodiscard]] bool quiescent() const {
+        return idle() && (prep_ == Prep::none || prep_ == Prep::ready || prep_ == Prep::failed);
+    }
     [[nodiscard]] const CommitStats& stats() const { return stats_; }
     void shutdown();  // blocking close at exit
 

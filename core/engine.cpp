@@ -93,7 +93,7 @@ int Engine::run() {
     arm_tick();
     arm_stop();
 
-    while (!(stopping_ && open_.empty() && committer_->idle())) {
+    while (!(stopping_ && open_.empty() && committer_->quiescent())) {
         reactor_.run_once([this](uint64_t tag, int) {
             if (tag == kTagWake) drain_channels();
         });

@@ -213,6 +213,7 @@ TEST(GroupCommit, FullDiskGivesNoSpaceThenRecovers) {
             accepted = again.result == smtp::CommitResult::ok;
         }
         EXPECT_TRUE(accepted) << "space is back, messages must be accepted again";
+        ASSERT_TRUE(f.run_until([&] { return f.committer->quiescent(); }));
         f.committer->shutdown();
     }
     EXPECT_EQ(umount(d.c_str()), 0);
