@@ -19,6 +19,8 @@ run)
     ;;
 test)
     tools/install-deps.sh test
+    # The .clang-format is applied to all code: a file that is not formatted fails the run.
+    git ls-files '*.cpp' '*.hpp' | xargs clang-format --dry-run --Werror
     build build Release
     # The sanitizer build runs the unit tests only; the integration suite uses the release daemon.
     build build-asan Debug -DRINGMAIL_SANITIZE=ON -DRINGMAIL_UNIT_ONLY=ON

@@ -54,7 +54,9 @@ Committer::Committer(Reactor& reactor, const Config& config, uint32_t core, Queu
     iov_.reserve(limits::commit_batch_messages_max * 2);
 }
 
-Committer::~Committer() { shutdown(); }
+Committer::~Committer() {
+    shutdown();
+}
 
 std::string Committer::segment_path(uint64_t seq) const {
     return dir_ + "/" + spool::segment_file_name(seq);
@@ -112,69 +114,69 @@ void Committer::on_prep_op(void* self, int res, uint32_t) {
 
 void Committer::prep_step(int res) {
     switch (prep_) {
-    case Prep::opening: {
-        if (res < 0) break;
-        next_.fd = res;
-        prep_ = Prep::allocating;
-        io_uring_sqe* s = reactor_.sqe(prep_op_);
-        io_uring_prep_fallocate(s, next_.fd, 0, 0, static_cast<off_t>(next_.size));
-        return;
-    }
-    case Prep::allocating: {
-        if (res < 0) break;
-        // Write zeros over the whole segment. fallocate alone leaves "unwritten" extents, and
-        // then every fdatasync must also commit the journal entry that converts them: about
-        // 10x slower per commit on ext4 than overwriting blocks already written (measured
-        // here: ~740 us against ~75 us). The zeros are also what recovery reads as the end.
-        prep_ = Prep::zeroing;
-        prep_ops_left_ = 0;
-        for (uint64_t off = 0; off < next_.size; off += kZeroBytes) {
+        case Prep::opening: {
+            if (res < 0) break;
+            next_.fd = res;
+            prep_ = Prep::allocating;
             io_uring_sqe* s = reactor_.sqe(prep_op_);
-            auto n = static_cast<unsigned>(std::min<uint64_t>(kZeroBytes, next_.size - off));
-            io_uring_prep_write(s, next_.fd, zeros(), n, off);
-            prep_ops_left_++;
+            io_uring_prep_fallocate(s, next_.fd, 0, 0, static_cast<off_t>(next_.size));
+            return;
         }
-        prep_zero_failed_ = 0;
-        return;
-    }
-    case Prep::zeroing: {
-        if (res < 0) prep_zero_failed_ = res;
-        if (--prep_ops_left_ > 0) return;
-        if (prep_zero_failed_ < 0) {
-            res = prep_zero_failed_;
-            break;
+        case Prep::allocating: {
+            if (res < 0) break;
+            // Write zeros over the whole segment. fallocate alone leaves "unwritten" extents, and
+            // then every fdatasync must also commit the journal entry that converts them: about
+            // 10x slower per commit on ext4 than overwriting blocks already written (measured
+            // here: ~740 us against ~75 us). The zeros are also what recovery reads as the end.
+            prep_ = Prep::zeroing;
+            prep_ops_left_ = 0;
+            for (uint64_t off = 0; off < next_.size; off += kZeroBytes) {
+                io_uring_sqe* s = reactor_.sqe(prep_op_);
+                auto n = static_cast<unsigned>(std::min<uint64_t>(kZeroBytes, next_.size - off));
+                io_uring_prep_write(s, next_.fd, zeros(), n, off);
+                prep_ops_left_++;
+            }
+            prep_zero_failed_ = 0;
+            return;
         }
-        spool::SegmentHeader h;
-        h.core = core_;
-        h.segment_seq = next_.seq;
-        h.salt = salt_;
-        h.created_unix_us = realtime_us();
-        size_t n = spool::encode_segment_header(h, header_buf_);
-        next_.offset = n;
-        prep_ = Prep::finishing;
-        // header write → fsync(file) → fsync(dir), linked: the segment exists durably, with
-        // its size, before any record that a 250 depends on is written into it.
-        io_uring_sqe* s = reactor_.sqe();
-        io_uring_prep_write(s, next_.fd, header_buf_, static_cast<unsigned>(n), 0);
-        io_uring_sqe_set_data64(s, kTagIgnore);
-        s->flags |= IOSQE_IO_LINK;
-        s = reactor_.sqe();
-        io_uring_prep_fsync(s, next_.fd, 0);
-        io_uring_sqe_set_data64(s, kTagIgnore);
-        s->flags |= IOSQE_IO_LINK;
-        s = reactor_.sqe(prep_op_);
-        io_uring_prep_fsync(s, dir_fd_, 0);
-        return;
-    }
-    case Prep::finishing:
-        if (res < 0) break;
-        prep_ = Prep::ready;
-        stats_.segments++;
-        LOG_DEBUG("segment %s ready (%llu bytes)", prep_path_.c_str(),
-                  static_cast<unsigned long long>(next_.size));
-        return;
-    default:
-        RM_ASSERT(false);
+        case Prep::zeroing: {
+            if (res < 0) prep_zero_failed_ = res;
+            if (--prep_ops_left_ > 0) return;
+            if (prep_zero_failed_ < 0) {
+                res = prep_zero_failed_;
+                break;
+            }
+            spool::SegmentHeader h;
+            h.core = core_;
+            h.segment_seq = next_.seq;
+            h.salt = salt_;
+            h.created_unix_us = realtime_us();
+            size_t n = spool::encode_segment_header(h, header_buf_);
+            next_.offset = n;
+            prep_ = Prep::finishing;
+            // header write → fsync(file) → fsync(dir), linked: the segment exists durably, with
+            // its size, before any record that a 250 depends on is written into it.
+            io_uring_sqe* s = reactor_.sqe();
+            io_uring_prep_write(s, next_.fd, header_buf_, static_cast<unsigned>(n), 0);
+            io_uring_sqe_set_data64(s, kTagIgnore);
+            s->flags |= IOSQE_IO_LINK;
+            s = reactor_.sqe();
+            io_uring_prep_fsync(s, next_.fd, 0);
+            io_uring_sqe_set_data64(s, kTagIgnore);
+            s->flags |= IOSQE_IO_LINK;
+            s = reactor_.sqe(prep_op_);
+            io_uring_prep_fsync(s, dir_fd_, 0);
+            return;
+        }
+        case Prep::finishing:
+            if (res < 0) break;
+            prep_ = Prep::ready;
+            stats_.segments++;
+            LOG_DEBUG("segment %s ready (%llu bytes)", prep_path_.c_str(),
+                      static_cast<unsigned long long>(next_.size));
+            return;
+        default:
+            RM_ASSERT(false);
     }
     // Failure at any step: the file is removed and the next message tries again (after a
     // pause, so that a full disk is not hammered).
@@ -267,7 +269,8 @@ void Committer::start_batch() {
         return;  // otherwise a segment is being prepared; flush() comes back
     }
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<long>(first));
-    for (CommitWaiter* w : batch_) w->builder.iovecs(iov_);
+    for (CommitWaiter* w : batch_)
+        w->builder.iovecs(iov_);
 
     batch_inflight_ = true;
     batch_ok_ = true;
@@ -277,7 +280,8 @@ void Committer::start_batch() {
     for (size_t i = 0; i < nwrites; i++) {
         size_t a = i * kIovPerWrite, b = std::min(iov_.size(), a + kIovPerWrite);
         uint64_t len = 0;
-        for (size_t k = a; k < b; k++) len += iov_[k].iov_len;
+        for (size_t k = a; k < b; k++)
+            len += iov_[k].iov_len;
         io_uring_sqe* s = reactor_.sqe(batch_op_);
         io_uring_prep_writev(s, current_.fd, &iov_[a], static_cast<unsigned>(b - a), off);
         // A short write breaks the link: the fdatasync is then cancelled and the batch fails.

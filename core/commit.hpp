@@ -8,10 +8,10 @@
 // forms the next batch, so the batch grows with the load and the fsync rate stays bounded.
 //
 // Segments are created ahead of need through the ring (openat, fallocate, zero fill, header
-// write, fsync of file and directory), so running out of disk space is found before any 250: a message
-// that cannot be placed gets 452 4.3.1 and the next message tries again. A write or fdatasync
-// error fences the segment for good (no retry-then-succeed on the same file, the lesson of
-// "fsyncgate") and the batch gets 451 4.3.0.
+// write, fsync of file and directory), so running out of disk space is found before any 250: a
+// message that cannot be placed gets 452 4.3.1 and the next message tries again. A write or
+// fdatasync error fences the segment for good (no retry-then-succeed on the same file, the lesson
+// of "fsyncgate") and the batch gets 451 4.3.0.
 #pragma once
 
 #include <sys/uio.h>
@@ -30,13 +30,13 @@ namespace ringmail {
 
 // A message waiting for its commit: owns the staged record.
 class CommitWaiter {
-public:
+  public:
     spool::MessageBuilder builder;
     uint16_t rcpts = 0;   // for the queue entry
     bool sealed = false;  // set by the committer
     virtual void commit_finished(smtp::CommitResult r) = 0;
 
-protected:
+  protected:
     ~CommitWaiter() = default;
 };
 
@@ -49,7 +49,7 @@ struct CommitStats {
 };
 
 class Committer {
-public:
+  public:
     Committer(Reactor& reactor, const Config& config, uint32_t core, Queue& queue);
     ~Committer();
     Committer(const Committer&) = delete;
@@ -62,8 +62,8 @@ public:
     [[nodiscard]] uint64_t next_id() { return (id_counter_++ << 8) | core_; }
     [[nodiscard]] spool::ChunkPool& pool() { return pool_; }
 
-    void submit(CommitWaiter* w);   // the message is complete; w waits for commit_finished
-    void flush(uint64_t now_us);    // end of a loop iteration: start a commit if one can run
+    void submit(CommitWaiter* w);  // the message is complete; w waits for commit_finished
+    void flush(uint64_t now_us);   // end of a loop iteration: start a commit if one can run
     [[nodiscard]] bool idle() const { return pending_.empty() && !batch_inflight_; }
     // Idle, and no segment preparation in flight: nothing of ours is left in the ring (an
     // openat completing after the ring is gone would leak its fd).
@@ -73,7 +73,7 @@ public:
     [[nodiscard]] const CommitStats& stats() const { return stats_; }
     void shutdown();  // blocking close at exit
 
-private:
+  private:
     struct Segment {
         int fd = -1;
         uint64_t seq = 0;

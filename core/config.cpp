@@ -62,7 +62,8 @@ int parse_config(int argc, char** argv, Config& c) {
                    "bytes per message (advertised in SIZE)")
         ->capture_default_str()
         ->check(CLI::Range(uint64_t{1024}, uint64_t{1} << 34));
-    app.add_option("--max-connections", c.connections_max, "connections in all (split over threads)")
+    app.add_option("--max-connections", c.connections_max,
+                   "connections in all (split over threads)")
         ->capture_default_str()
         ->check(CLI::Range(1u, 10000000u));
     app.add_option("--max-connections-per-ip", c.connections_per_ip_max,
@@ -118,7 +119,8 @@ int parse_config(int argc, char** argv, Config& c) {
 
     auto pow2 = [](uint32_t v) { return (v & (v - 1)) == 0; };
     if (!pow2(c.recv_buffer_count) || !pow2(c.channel_capacity)) {
-        fprintf(stderr, "ringmail: --recv-buffer-count and --channel-capacity must be powers of two\n");
+        fprintf(stderr,
+                "ringmail: --recv-buffer-count and --channel-capacity must be powers of two\n");
         return 3;
     }
     if (c.staging_memory_max_bytes < c.message_size_max_bytes + (1u << 20)) {
@@ -127,10 +129,10 @@ int parse_config(int argc, char** argv, Config& c) {
     }
     // Any single message record must fit an empty segment: its text, its envelope (at most
     // recipients × (path + parameters + lengths)) and headers.
-    uint64_t record_max = c.message_size_max_bytes +
-                          uint64_t{c.recipients_max} * (limits::path_max_bytes +
-                                                        limits::mail_params_max_bytes + 8) +
-                          (64u << 10);
+    uint64_t record_max =
+        c.message_size_max_bytes +
+        uint64_t{c.recipients_max} * (limits::path_max_bytes + limits::mail_params_max_bytes + 8) +
+        (64u << 10);
     if (c.segment_bytes < record_max) {
         fprintf(stderr, "ringmail: --segment-size must be at least %llu for these limits\n",
                 static_cast<unsigned long long>(record_max));

@@ -58,9 +58,13 @@ Engine::Engine(uint32_t core, Shared& shared, EngineStart start)
 
 Engine::~Engine() = default;
 
-int64_t Engine::unix_time_s() const { return static_cast<int64_t>(time(nullptr)); }
+int64_t Engine::unix_time_s() const {
+    return static_cast<int64_t>(time(nullptr));
+}
 
-void Engine::update_clock() { now_us_ = monotonic_us(); }
+void Engine::update_clock() {
+    now_us_ = monotonic_us();
+}
 
 int Engine::run() {
     log::set_thread_tag(static_cast<int>(core_));
@@ -86,7 +90,8 @@ int Engine::run() {
     open_.reserve(connections_max_);
     update_clock();
     for (size_t i = 0; i < start_.listen_fds.size(); i++) {
-        accept_ops_.push_back(std::make_unique<AcceptOp>(AcceptOp{{&Engine::on_accept, nullptr}, this, i}));
+        accept_ops_.push_back(
+            std::make_unique<AcceptOp>(AcceptOp{{&Engine::on_accept, nullptr}, this, i}));
         accept_ops_.back()->op.owner = accept_ops_.back().get();
         arm_accept(i);
     }
@@ -99,7 +104,8 @@ int Engine::run() {
         });
         update_clock();
         drain_channels();  // cheap when empty; catches items whose wake is still in flight
-        for (Connection* c : starved_) c->resume_recv();
+        for (Connection* c : starved_)
+            c->resume_recv();
         starved_.clear();
         committer_->flush(now_us_);
         flush_outbox();
@@ -185,7 +191,9 @@ void Engine::connection_released(Connection* c) {
     free_.push_back(c);
 }
 
-void Engine::recv_starved(Connection* c) { starved_.push_back(c); }
+void Engine::recv_starved(Connection* c) {
+    starved_.push_back(c);
+}
 
 // --- per-address permits, owned by one core per address --------------------------------
 
@@ -228,30 +236,30 @@ void Engine::release_permit(const smtp::IpAddress& ip) {
 
 void Engine::handle(const CoreMsg& m) {
     switch (m.kind) {
-    case CoreMsg::Kind::ip_acquire: {
-        bool ok = permit_local(m.ip);
-        send_to(m.from, CoreMsg{ok ? CoreMsg::Kind::ip_grant : CoreMsg::Kind::ip_deny,
-                                static_cast<uint16_t>(core_), m.slot, m.generation, m.ip});
-        return;
-    }
-    case CoreMsg::Kind::ip_release:
-        release_permit(m.ip);
-        return;
-    case CoreMsg::Kind::ip_grant:
-    case CoreMsg::Kind::ip_deny: {
-        RM_ASSERT(m.slot < slots_.size());
-        Connection* c = slots_[m.slot].get();
-        bool ok = m.kind == CoreMsg::Kind::ip_grant;
-        if (c->generation() != m.generation ||
-            c->state() != Connection::State::awaiting_permit) {
-            // The connection gave up waiting (a stop); hand back what was granted.
-            if (ok) release_permit(m.ip);
+        case CoreMsg::Kind::ip_acquire: {
+            bool ok = permit_local(m.ip);
+            send_to(m.from, CoreMsg{ok ? CoreMsg::Kind::ip_grant : CoreMsg::Kind::ip_deny,
+                                    static_cast<uint16_t>(core_), m.slot, m.generation, m.ip});
             return;
         }
-        if (!ok) stats_.refused_per_ip++;
-        c->permit(ok);
-        return;
-    }
+        case CoreMsg::Kind::ip_release:
+            release_permit(m.ip);
+            return;
+        case CoreMsg::Kind::ip_grant:
+        case CoreMsg::Kind::ip_deny: {
+            RM_ASSERT(m.slot < slots_.size());
+            Connection* c = slots_[m.slot].get();
+            bool ok = m.kind == CoreMsg::Kind::ip_grant;
+            if (c->generation() != m.generation ||
+                c->state() != Connection::State::awaiting_permit) {
+                // The connection gave up waiting (a stop); hand back what was granted.
+                if (ok) release_permit(m.ip);
+                return;
+            }
+            if (!ok) stats_.refused_per_ip++;
+            c->permit(ok);
+            return;
+        }
     }
 }
 
@@ -271,7 +279,8 @@ void Engine::flush_outbox() {
     for (uint32_t t = 0; t < ncores_; t++) {
         auto& box = outbox_[t];
         size_t i = 0;
-        while (i < box.size() && shared_.mesh->ring(core_, t).try_push(box[i])) i++;
+        while (i < box.size() && shared_.mesh->ring(core_, t).try_push(box[i]))
+            i++;
         if (i) {
             box.erase(box.begin(), box.begin() + static_cast<long>(i));
             wake_[t] = true;
@@ -290,7 +299,8 @@ void Engine::drain_channels() {
         auto& ring = shared_.mesh->ring(from, core_);
         size_t n;
         while ((n = ring.pop_batch(batch, 64)) > 0)
-            for (size_t i = 0; i < n; i++) handle(batch[i]);
+            for (size_t i = 0; i < n; i++)
+                handle(batch[i]);
     }
 }
 

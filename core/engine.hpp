@@ -30,11 +30,11 @@ class Connection;
 struct IpHash {
     size_t operator()(const smtp::IpAddress& a) const noexcept {
         uint64_t h = 1469598103934665603ull;  // FNV-1a
-        for (uint8_t b : a.bytes) h = (h ^ b) * 1099511628211ull;
+        for (uint8_t b : a.bytes)
+            h = (h ^ b) * 1099511628211ull;
         return static_cast<size_t>(h);
     }
 };
-
 
 // A message between cores. Trivially copyable; travels on SpscRing.
 struct CoreMsg {
@@ -60,14 +60,14 @@ struct Shared {
 
 struct EngineStart {
     std::vector<int> listen_fds;
-    int stop_fd = -1;              // eventfd the main thread writes to ask for a stop
+    int stop_fd = -1;  // eventfd the main thread writes to ask for a stop
     uint64_t first_segment_seq = 0;
     uint64_t first_id_counter = 0;
-    Queue* queue = nullptr;        // filled by recovery
+    Queue* queue = nullptr;  // filled by recovery
 };
 
 class Engine {
-public:
+  public:
     Engine(uint32_t core, Shared& shared, EngineStart start);
     ~Engine();
     Engine(const Engine&) = delete;
@@ -97,7 +97,7 @@ public:
     [[nodiscard]] const Stats& stats() const { return stats_; }
     [[nodiscard]] const CommitStats& commit_stats() const { return committer_->stats(); }
 
-private:
+  private:
     void arm_accept(size_t i);
     void arm_tick();
     void arm_stop();
@@ -133,7 +133,7 @@ private:
     std::vector<std::unique_ptr<AcceptOp>> accept_ops_;
     std::vector<std::unique_ptr<Connection>> slots_;
     std::vector<Connection*> free_;
-    std::vector<Connection*> open_;    // every connection not free
+    std::vector<Connection*> open_;  // every connection not free
     std::vector<Connection*> starved_;
     uint32_t connections_max_ = 0;
     uint32_t generation_ = 0;

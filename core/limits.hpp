@@ -14,9 +14,9 @@ inline constexpr size_t command_line_max_bytes = 512;  // including CRLF
 inline constexpr size_t text_line_max_bytes = 1000;    // including CRLF (not enforced on relay)
 inline constexpr size_t local_part_max_bytes = 64;
 inline constexpr size_t domain_max_bytes = 255;
-inline constexpr size_t path_max_bytes = 256;          // including the angle brackets
-inline constexpr size_t mail_params_max_bytes = 256;   // ESMTP parameters of one MAIL/RCPT
-inline constexpr uint32_t rfc_recipients_min = 100;    // §4.5.3.1.8: must accept at least
+inline constexpr size_t path_max_bytes = 256;         // including the angle brackets
+inline constexpr size_t mail_params_max_bytes = 256;  // ESMTP parameters of one MAIL/RCPT
+inline constexpr uint32_t rfc_recipients_min = 100;   // §4.5.3.1.8: must accept at least
 
 // --- Defaults of tunables (each has a flag) --------------------------------------------------
 inline constexpr uint32_t recipients_max_default = 1000;
@@ -32,9 +32,9 @@ inline constexpr uint32_t commit_window_us_default = 0;          // extra wait t
 // --- Engine ----------------------------------------------------------------------------------
 inline constexpr uint32_t ring_entries_default = 4096;
 inline constexpr uint32_t recv_buffer_bytes_default = 16384;
-inline constexpr uint32_t recv_buffer_count_default = 2048;   // per core; power of two
-inline constexpr uint32_t channel_capacity_default = 4096;    // per core pair; power of two
-inline constexpr uint32_t session_output_bytes = 4096;        // replies buffered per session
+inline constexpr uint32_t recv_buffer_count_default = 2048;  // per core; power of two
+inline constexpr uint32_t channel_capacity_default = 4096;   // per core pair; power of two
+inline constexpr uint32_t session_output_bytes = 4096;       // replies buffered per session
 
 // --- Spool -----------------------------------------------------------------------------------
 inline constexpr uint64_t segment_bytes_default = 64ull << 20;

@@ -16,16 +16,22 @@ thread_local int t_core = -1;
 const char* const kNames[] = {"error", "warn", "info", "debug"};
 }  // namespace
 
-void set_level(Level l) { g_level.store(static_cast<int>(l), std::memory_order_relaxed); }
+void set_level(Level l) {
+    g_level.store(static_cast<int>(l), std::memory_order_relaxed);
+}
 
 void set_level(const char* name) {
     for (int i = 0; i < 4; i++)
         if (strcmp(name, kNames[i]) == 0) set_level(static_cast<Level>(i));
 }
 
-bool enabled(Level l) { return static_cast<int>(l) <= g_level.load(std::memory_order_relaxed); }
+bool enabled(Level l) {
+    return static_cast<int>(l) <= g_level.load(std::memory_order_relaxed);
+}
 
-void set_thread_tag(int core) { t_core = core; }
+void set_thread_tag(int core) {
+    t_core = core;
+}
 
 void write(Level l, const char* fmt, ...) {
     char line[2048];

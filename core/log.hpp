@@ -18,9 +18,9 @@ void set_thread_tag(int core);  // lines from a reactor say which core they come
 
 }  // namespace ringmail::log
 
-#define RM_LOG(level, ...)                                                   \
-    do {                                                                     \
-        if (::ringmail::log::enabled(::ringmail::log::Level::level))         \
+#define RM_LOG(level, ...)                                                      \
+    do {                                                                        \
+        if (::ringmail::log::enabled(::ringmail::log::Level::level))            \
             ::ringmail::log::write(::ringmail::log::Level::level, __VA_ARGS__); \
     } while (0)
 #define LOG_ERROR(...) RM_LOG(error, __VA_ARGS__)
@@ -29,9 +29,10 @@ void set_thread_tag(int core);  // lines from a reactor say which core they come
 #define LOG_DEBUG(...) RM_LOG(debug, __VA_ARGS__)
 
 // A broken invariant: print where and abort (bugs are not operating errors).
-#define RM_ASSERT(cond)                                                                   \
-    do {                                                                                  \
-        if (__builtin_expect(!(cond), 0)) ::ringmail::log::assert_failed(#cond, __FILE__, __LINE__); \
+#define RM_ASSERT(cond)                                                \
+    do {                                                               \
+        if (__builtin_expect(!(cond), 0))                              \
+            ::ringmail::log::assert_failed(#cond, __FILE__, __LINE__); \
     } while (0)
 
 namespace ringmail::log {

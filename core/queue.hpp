@@ -20,13 +20,13 @@ struct QueueEntry {
 };
 
 class Queue {
-public:
+  public:
     void reserve(size_t n) { entries_.reserve(n); }
     void add(const QueueEntry& e) { entries_.push_back(e); }
     [[nodiscard]] size_t size() const { return entries_.size(); }
     [[nodiscard]] const std::vector<QueueEntry>& entries() const { return entries_; }
 
-private:
+  private:
     std::vector<QueueEntry> entries_;
 };
 

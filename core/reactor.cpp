@@ -49,8 +49,8 @@ bool Reactor::init(uint32_t entries, uint32_t buffer_bytes, uint32_t buffer_coun
     buffer_bytes_ = buffer_bytes;
     buffer_count_ = buffer_count;
     size_t ring_bytes = buffer_count * sizeof(io_uring_buf);
-    void* mem = mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
-                     -1, 0);
+    void* mem =
+        mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (mem == MAP_FAILED) {
         *error = "mmap buffer ring failed";
         return false;
@@ -74,7 +74,8 @@ bool Reactor::init(uint32_t entries, uint32_t buffer_bytes, uint32_t buffer_coun
         *error = "out of memory for receive buffers";
         return false;
     }
-    for (uint32_t i = 0; i < buffer_count; i++) recycle(static_cast<uint16_t>(i));
+    for (uint32_t i = 0; i < buffer_count; i++)
+        recycle(static_cast<uint16_t>(i));
     publish_buffers();
     return true;
 }
@@ -102,6 +103,8 @@ void Reactor::publish_buffers() {
     buffers_pending_ = 0;
 }
 
-bool Reactor::owner_thread() const { return pthread_self() == owner_tid_; }
+bool Reactor::owner_thread() const {
+    return pthread_self() == owner_tid_;
+}
 
 }  // namespace ringmail

@@ -30,7 +30,7 @@ inline constexpr uint64_t kTagWake = 1;    // a MSG_RING from another core: drai
 inline constexpr uint64_t kTagMax = 16;
 
 class Reactor {
-public:
+  public:
     Reactor() = default;
     ~Reactor();
     Reactor(const Reactor&) = delete;
@@ -66,7 +66,7 @@ public:
     [[nodiscard]] bool owner_thread() const;  // asserted at entry points
     [[nodiscard]] uint64_t submits() const { return submits_; }
 
-private:
+  private:
     void publish_buffers();
 
     io_uring ring_{};

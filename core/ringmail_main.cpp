@@ -1,8 +1,8 @@
 // ringmail_main.cpp — the ringmail daemon: flags, spool recovery, listeners, one engine thread
 // per core, and the graceful stop on SIGTERM/SIGINT.
 #include <dirent.h>
-#include <signal.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -97,13 +97,14 @@ bool recover(const Config& cfg, Recovered& out) {
         total.quarantined += st.quarantined;
     }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    LOG_INFO("spool recovered: %llu messages in %llu segments (%llu bytes), %llu torn tails "
-             "dropped, %llu corrupt records quarantined, in %.3f s",
-             static_cast<unsigned long long>(total.messages),
-             static_cast<unsigned long long>(total.segments),
-             static_cast<unsigned long long>(total.bytes),
-             static_cast<unsigned long long>(total.torn_tails),
-             static_cast<unsigned long long>(total.quarantined), secs);
+    LOG_INFO(
+        "spool recovered: %llu messages in %llu segments (%llu bytes), %llu torn tails "
+        "dropped, %llu corrupt records quarantined, in %.3f s",
+        static_cast<unsigned long long>(total.messages),
+        static_cast<unsigned long long>(total.segments),
+        static_cast<unsigned long long>(total.bytes),
+        static_cast<unsigned long long>(total.torn_tails),
+        static_cast<unsigned long long>(total.quarantined), secs);
     return true;
 }
 
@@ -200,9 +201,10 @@ int main(int argc, char** argv) {
     shared.start_barrier->arrive_and_wait();
     if (shared.failed.load() == 0) {
         std::string addrs;
-        for (const auto& l : cfg.listen) addrs += " " + l.host + ":" + std::to_string(l.port);
-        LOG_INFO("ringmail ready: listening on%s, %u threads, spool %s", addrs.c_str(),
-                 cfg.threads, cfg.spool_dir.c_str());
+        for (const auto& l : cfg.listen)
+            addrs += " " + l.host + ":" + std::to_string(l.port);
+        LOG_INFO("ringmail ready: listening on%s, %u threads, spool %s", addrs.c_str(), cfg.threads,
+                 cfg.spool_dir.c_str());
         int sig = 0;
         sigwait(&sigs, &sig);
         LOG_INFO("signal %d: stopping", sig);
@@ -212,7 +214,8 @@ int main(int argc, char** argv) {
         ssize_t w = write(fd, &one, sizeof one);
         (void)w;
     }
-    for (auto& t : threads) t.join();
+    for (auto& t : threads)
+        t.join();
 
     uint64_t commits = 0, messages = 0, failed = 0, accepted = 0, queued = 0;
     for (uint32_t i = 0; i < cfg.threads; i++) {
@@ -228,7 +231,8 @@ int main(int argc, char** argv) {
              static_cast<unsigned long long>(failed), static_cast<unsigned long long>(accepted),
              static_cast<unsigned long long>(queued));
     for (auto& v : listeners)
-        for (int fd : v) close(fd);
+        for (int fd : v)
+            close(fd);
     for (int r : results)
         if (r != 0) return 1;
     return shared.failed.load() == 0 ? 0 : 1;

@@ -93,43 +93,43 @@ void Connection::set_deadline() {
 void Connection::tick(uint64_t now_ms) {
     if (now_ms < deadline_ms_) return;
     switch (state_) {
-    case State::greeting_delay:
-        start_session();
-        return;
-    case State::active:
-        if (committing_) return;  // the disk, not the client, is slow: wait for it
-        if (session_.wants_close()) {
-            // Our last reply cannot be delivered (the peer stopped reading): give up on it.
-            begin_close();
+        case State::greeting_delay:
+            start_session();
             return;
-        }
-        session_.timeout();
-        set_deadline();
-        pump();
-        return;
-    default:
-        return;
+        case State::active:
+            if (committing_) return;  // the disk, not the client, is slow: wait for it
+            if (session_.wants_close()) {
+                // Our last reply cannot be delivered (the peer stopped reading): give up on it.
+                begin_close();
+                return;
+            }
+            session_.timeout();
+            set_deadline();
+            pump();
+            return;
+        default:
+            return;
     }
 }
 
 void Connection::shutdown() {
     switch (state_) {
-    case State::awaiting_permit:
-    case State::greeting_delay:
-        begin_close();
-        return;
-    case State::active:
-        if (committing_) {
-            shutdown_requested_ = true;  // after its 250 (or 451)
+        case State::awaiting_permit:
+        case State::greeting_delay:
+            begin_close();
             return;
-        }
-        if (session_.wants_close()) return;
-        session_.shutdown();
-        set_deadline();
-        pump();
-        return;
-    default:
-        return;
+        case State::active:
+            if (committing_) {
+                shutdown_requested_ = true;  // after its 250 (or 451)
+                return;
+            }
+            if (session_.wants_close()) return;
+            session_.shutdown();
+            set_deadline();
+            pump();
+            return;
+        default:
+            return;
     }
 }
 
@@ -240,7 +240,8 @@ void Connection::pump() {
 
 void Connection::drop_pending() {
     Reactor& r = engine_.reactor();
-    for (uint32_t i = 0; i < npending_; i++) r.recycle(pending_[i].bid);
+    for (uint32_t i = 0; i < npending_; i++)
+        r.recycle(pending_[i].bid);
     npending_ = 0;
 }
 
@@ -319,9 +320,10 @@ void Connection::on_close(void* self, int, uint32_t) {
 smtp::MessageSink::Start Connection::message_begin(const smtp::Envelope& env) {
     RM_ASSERT(!in_message_ && !committing_);
     rcpt_fields_.clear();
-    for (const smtp::Recipient& r : env.rcpts) rcpt_fields_.push_back({r.address, r.params});
-    spool::EnvelopeFields f{env.helo,     client_.addr_text, env.protocol,
-                            env.mail_from, env.mail_params,  rcpt_fields_};
+    for (const smtp::Recipient& r : env.rcpts)
+        rcpt_fields_.push_back({r.address, r.params});
+    spool::EnvelopeFields f{env.helo,      client_.addr_text, env.protocol,
+                            env.mail_from, env.mail_params,   rcpt_fields_};
     Committer& c = engine_.committer();
     uint64_t id = c.next_id();
     if (!builder.begin(c.pool(), id, realtime_us(), f)) return {};
@@ -330,7 +332,9 @@ smtp::MessageSink::Start Connection::message_begin(const smtp::Envelope& env) {
     return {id, engine_.unix_time_s()};
 }
 
-bool Connection::message_body(std::string_view chunk) { return builder.append(chunk); }
+bool Connection::message_body(std::string_view chunk) {
+    return builder.append(chunk);
+}
 
 void Connection::message_end() {
     RM_ASSERT(in_message_);

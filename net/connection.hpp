@@ -20,7 +20,7 @@ namespace ringmail {
 class Engine;
 
 class Connection final : public smtp::MessageSink, public CommitWaiter {
-public:
+  public:
     enum class State : uint8_t { free, awaiting_permit, greeting_delay, active, closing };
 
     Connection(Engine& engine, uint32_t slot);
@@ -43,7 +43,7 @@ public:
     [[nodiscard]] bool holds_permit() const { return holds_permit_; }
     uint32_t list_index = 0;  // position in the engine's list of open connections
 
-private:
+  private:
     // smtp::MessageSink
     Start message_begin(const smtp::Envelope& env) override;
     bool message_body(std::string_view chunk) override;

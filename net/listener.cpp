@@ -65,7 +65,8 @@ std::vector<std::vector<int>> open_listeners(const std::vector<ListenAddress>& a
         int probe = open_one(a, false, error);
         if (probe < 0) {
             for (auto& v : out)
-                for (int f : v) close(f);
+                for (int f : v)
+                    close(f);
             return {};
         }
         close(probe);
@@ -73,7 +74,8 @@ std::vector<std::vector<int>> open_listeners(const std::vector<ListenAddress>& a
             int fd = open_one(a, true, error);
             if (fd < 0) {
                 for (auto& v : out)
-                    for (int f : v) close(f);
+                    for (int f : v)
+                        close(f);
                 return {};
             }
             out[t].push_back(fd);

@@ -25,7 +25,7 @@ std::string segment_file_name(uint64_t segment_seq);  // "000000000000002a.seg"
 struct RecoveredMessage {
     const MessageView* message;  // valid during the callback only
     uint64_t segment_seq;
-    uint64_t offset;        // of the record header in its segment
+    uint64_t offset;  // of the record header in its segment
     uint64_t record_bytes;
 };
 
@@ -33,8 +33,8 @@ struct RecoveryStats {
     uint64_t segments = 0;
     uint64_t messages = 0;
     uint64_t bytes = 0;
-    uint64_t torn_tails = 0;      // segments whose tail was dropped
-    uint64_t quarantined = 0;     // records (or unparseable spans) moved to quarantine
+    uint64_t torn_tails = 0;   // segments whose tail was dropped
+    uint64_t quarantined = 0;  // records (or unparseable spans) moved to quarantine
     uint64_t max_segment_seq = 0;
     uint64_t max_message_id = 0;
     double elapsed_s = 0;

@@ -95,7 +95,7 @@ void write_all(std::string_view bytes) {
 // Length of the well-formed UTF-8 sequence at s[i] (RFC 3629), or 0 if it is not one.
 size_t utf8_sequence(std::string_view s, size_t i) {
     const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c >= 0xf0 && c <= 0xf4   ? 4
+    size_t n = c >= 0xf0 && c <= 0xf4  ? 4
                : c >= 0xe0 && c < 0xf0 ? 3
                : c >= 0xc2 && c < 0xe0 ? 2
                                        : 0;

@@ -50,8 +50,8 @@ struct Fixture {
 
     bool stage(Waiter& w, const std::string& body) {
         spool::RcptField r{"bob@example.net", ""};
-        spool::EnvelopeFields env{"client.example", "127.0.0.1", "ESMTP", "alice@example.com",
-                                  "", {&r, 1}};
+        spool::EnvelopeFields env{"client.example",    "127.0.0.1", "ESMTP",
+                                  "alice@example.com", "",          {&r, 1}};
         if (!w.builder.begin(committer->pool(), committer->next_id(), 1, env)) return false;
         return w.builder.append(body);
     }
@@ -62,10 +62,10 @@ struct Fixture {
         auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
         while (!pred()) {
             if (std::chrono::steady_clock::now() > end) return false;
-            committer->flush(static_cast<uint64_t>(
-                std::chrono::duration_cast<std::chrono::microseconds>(
-                    std::chrono::steady_clock::now().time_since_epoch())
-                    .count()));
+            committer->flush(
+                static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                          std::chrono::steady_clock::now().time_since_epoch())
+                                          .count()));
             if (pred()) break;
             reactor.run_once([](uint64_t, int) {});
         }
@@ -106,7 +106,8 @@ TEST(GroupCommit, ManyMessagesOneWriteOneFdatasync) {
                 if (!w.done) return false;
             return true;
         }));
-        for (auto& w : ws) EXPECT_EQ(w.result, smtp::CommitResult::ok);
+        for (auto& w : ws)
+            EXPECT_EQ(w.result, smtp::CommitResult::ok);
         EXPECT_EQ(f.committer->stats().commits, 1u) << "50 waiting messages, one fdatasync";
         EXPECT_EQ(f.committer->stats().messages, 50u);
         EXPECT_EQ(f.queue.size(), 50u);
@@ -156,7 +157,8 @@ TEST(GroupCommit, RotatesSegmentsWhenFull) {
                 if (!w.done) return false;
             return true;
         }));
-        for (auto& w : ws) EXPECT_EQ(w.result, smtp::CommitResult::ok);
+        for (auto& w : ws)
+            EXPECT_EQ(w.result, smtp::CommitResult::ok);
         EXPECT_GE(f.committer->stats().segments, 3u);
         EXPECT_EQ(f.recovered().size(), 12u);
     }
