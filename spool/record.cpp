@@ -307,6 +307,17 @@ size_t encode_segment_header(const SegmentHeader& h, std::span<char> out) {
     return total;
 }
 
+size_t encode_record(RecordType type, std::string_view payload, uint64_t salt,
+                     std::span<char> out) {
+    const size_t total = record_header_bytes + payload.size();
+    check(out.size() >= total && payload.size() <= UINT32_MAX, "record buffer too small");
+    std::memcpy(out.data() + record_header_bytes, payload.data(), payload.size());
+    fill_header(out.data(), type, static_cast<uint32_t>(payload.size()));
+    store<uint32_t>(out.data() + 12,
+                    finish_crc(crc32c(0, payload.data(), payload.size()), out.data(), salt));
+    return total;
+}
+
 std::optional<RawRecord> decode_record(std::string_view bytes, uint64_t salt,
                                        size_t* record_bytes) {
     if (bytes.size() < record_header_bytes) return std::nullopt;

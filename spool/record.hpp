@@ -40,6 +40,7 @@ enum class RecordType : uint8_t {
     // payload: u32 version | u32 core | u64 segment_seq | u64 salt | i64 created_unix_us
     segment_header = 1,
     message = 2,
+    status = 3,  // spool/status.hpp: one recipient's delivery outcome
 };
 
 // Hardware CRC32C (SSE4.2), continuing from `crc` (0 to start).
@@ -135,6 +136,9 @@ struct SegmentHeader {
 
 // Encode a segment header record (fixed size) into out; returns its length.
 size_t encode_segment_header(const SegmentHeader& h, std::span<char> out);
+// Encode a small record of any type (status records) with the segment salt into out; returns
+// its length (header + payload).
+size_t encode_record(RecordType type, std::string_view payload, uint64_t salt, std::span<char> out);
 // Decode one record at the start of `bytes`: checks magic, length within bytes, crc with
 // `salt`. nullopt if any check fails. On success *record_bytes is header + payload.
 struct RawRecord {

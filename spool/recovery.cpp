@@ -15,6 +15,8 @@
 // the size of the message records reported.
 #include "spool/recovery.hpp"
 
+#include "spool/status.hpp"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -177,6 +179,7 @@ struct Scan {
     const std::string& core_dir;
     const std::string& quarantine_dir;
     const std::function<void(const RecoveredMessage&)>& on_message;
+    const std::function<void(const Status&, uint64_t)>* on_status;
     RecoveryStats& stats;
     std::string* error;
 };
@@ -197,6 +200,13 @@ bool quarantine_span(const Scan& s, uint64_t seq, uint64_t offset, std::string_v
 // parse (only a writer bug can produce that, since the crc matched).
 bool handle_record(const Scan& s, uint64_t seq, uint64_t offset, const RawRecord& rec,
                    std::string_view bytes) {
+    if (rec.type == RecordType::status) {
+        const std::optional<Status> st = decode_status(rec.payload);
+        if (!st) return quarantine_span(s, seq, offset, bytes);
+        ++s.stats.statuses;
+        if (s.on_status != nullptr && *s.on_status) (*s.on_status)(*st, seq);
+        return true;
+    }
     if (rec.type != RecordType::message) {
         // A second segment header is a writer bug; other types are for later versions.
         return rec.type == RecordType::segment_header ? quarantine_span(s, seq, offset, bytes)
@@ -271,10 +281,17 @@ bool recover_segment(const Scan& s, uint64_t seq, std::string& buf) {
 bool recover_dir(const std::string& core_dir, const std::string& quarantine_dir,
                  const std::function<void(const RecoveredMessage&)>& on_message,
                  RecoveryStats& stats, std::string* error) {
+    return recover_dir(core_dir, quarantine_dir, on_message, {}, stats, error);
+}
+
+bool recover_dir(const std::string& core_dir, const std::string& quarantine_dir,
+                 const std::function<void(const RecoveredMessage&)>& on_message,
+                 const std::function<void(const Status&, uint64_t segment_seq)>& on_status,
+                 RecoveryStats& stats, std::string* error) {
     const auto start = std::chrono::steady_clock::now();
     std::vector<uint64_t> seqs;
     if (!list_segments(core_dir, seqs, error)) return false;
-    const Scan s{core_dir, quarantine_dir, on_message, stats, error};
+    const Scan s{core_dir, quarantine_dir, on_message, &on_status, stats, error};
     std::string buf;  // one buffer for every segment of the directory
     bool ok = true;
     for (uint64_t seq : seqs) {

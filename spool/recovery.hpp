@@ -37,6 +37,7 @@ struct RecoveryStats {
     uint64_t quarantined = 0;  // records (or unparseable spans) moved to quarantine
     uint64_t max_segment_seq = 0;
     uint64_t max_message_id = 0;
+    uint64_t statuses = 0;
     double elapsed_s = 0;
 };
 
@@ -44,6 +45,15 @@ struct RecoveryStats {
 // reader tool does). Returns false only on an I/O error (message in *error).
 bool recover_dir(const std::string& core_dir, const std::string& quarantine_dir,
                  const std::function<void(const RecoveredMessage&)>& on_message,
+                 RecoveryStats& stats, std::string* error);
+
+// The same, also reporting every status record (spool/status.hpp) in log order, interleaved
+// with the messages as they appear in the log. A status record that does not parse is
+// quarantined like any bad record.
+struct Status;
+bool recover_dir(const std::string& core_dir, const std::string& quarantine_dir,
+                 const std::function<void(const RecoveredMessage&)>& on_message,
+                 const std::function<void(const Status&, uint64_t segment_seq)>& on_status,
                  RecoveryStats& stats, std::string* error);
 
 }  // namespace ringmail::spool
