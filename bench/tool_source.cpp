@@ -1,0 +1,887 @@
+// tool_source.cpp — see tool_source.hpp.
+//
+// One SourceWorker per thread owns a Reactor and its ClientConns. A ClientConn is the SMTP
+// client of one connection: it keeps a queue of the replies it expects (in order, RFC 2920),
+// and each reply moves the transaction on. Completion contexts (connect, recv, send, close) are
+// embedded in the connection; output is built in a buffer that keeps its capacity, with a
+// second buffer for what is produced while a send is in flight (the first must not move).
+#include "bench/tool_source.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "bench/tool_common.hpp"
+#include "bench/tool_histogram.hpp"
+#include "bench/tool_sink_session.hpp"  // Counter
+#include "core/log.hpp"
+#include "core/reactor.hpp"
+
+namespace ringmail::bench {
+namespace {
+
+constexpr uint32_t kRingEntries = 4096;
+constexpr uint32_t kRecvBufferBytes = 4096;
+constexpr uint32_t kRecvBufferCount = 1024;
+constexpr uint64_t kDefaultMessages = 10000;
+
+enum class Phase : uint8_t { greeting, ehlo, mail, rcpt, data, eom, rset, quit };
+constexpr size_t kPhases = 8;
+const char* const kPhaseNames[kPhases] = {"greeting", "ehlo", "mail", "rcpt",
+                                          "data",     "eom",  "rset", "quit"};
+
+struct ThreadStats {
+    // Read live by the progress line.
+    Counter started, completed, connections;
+    // Read after the thread has finished.
+    uint64_t accepted = 0, failed = 0, aborted = 0, bytes_sent = 0;
+    uint64_t connect_errors = 0, refused = 0, protocol_errors = 0;
+    uint64_t first_start_ns = 0, last_done_ns = 0;
+    uint64_t replies[kPhases][400] = {};
+    Histogram eom_us, txn_us;
+};
+
+struct Msg {
+    uint64_t seq;
+    uint64_t intended_ns;
+};
+
+struct Txn {
+    bool active = false;
+    bool failed = false;
+    uint64_t seq = 0;
+    uint64_t intended_ns = 0;
+    uint64_t eom_ns = 0;
+    uint32_t rcpt_ok = 0;
+    uint32_t rcpt_sent = 0;
+};
+
+class SourceWorker;
+
+class ClientConn {
+public:
+    ClientConn(SourceWorker& w, uint32_t recipients);
+    void connect();
+    void start_txn(const Msg& m);
+    void quit();
+    void resume_recv();
+    bool in_idle = false;
+
+private:
+    enum class State : uint8_t { connecting, greeting, ehlo, ready, txn, quitting, closing, done };
+
+    void expect(Phase p) {
+        RM_ASSERT(qlen_ < q_.size());
+        q_[(qhead_ + qlen_++) & (q_.size() - 1)] = p;
+    }
+    std::string& buf() { return send_inflight_ ? queued_ : out_; }
+    void kick();
+    void arm_recv();
+    void on_bytes(std::string_view in);
+    void on_reply(int code);
+    void next_work();
+    void after_txn();
+    void finish_txn(bool accepted, bool at_eom);
+    void put_rcpt(std::string& b, uint64_t seq, uint32_t i);
+    void put_envelope(std::string& b, Txn& t);
+    void send_body();
+    void send_simple(std::string_view cmd, Phase p);
+    void begin_close();
+    void maybe_release();
+    static void on_connect(void* self, int res, uint32_t flags);
+    static void on_recv(void* self, int res, uint32_t flags);
+    static void on_send(void* self, int res, uint32_t flags);
+    static void on_close(void* self, int res, uint32_t flags);
+
+    SourceWorker& w_;
+    const SourceConfig& cfg_;
+    ThreadStats& st_;
+    int fd_ = -1;
+    State state_ = State::done;
+    bool recv_armed_ = false;
+    bool send_inflight_ = false;
+    bool connect_inflight_ = false;
+    bool close_submitted_ = false;
+    bool starved_ = false;
+    bool dead_ = false;  // never reconnect (connect error, refused, protocol error)
+    bool saw_pipelining_ = false;
+    bool pipelining_ = false;
+    uint32_t inflight_ = 0;
+    uint32_t msgs_on_conn_ = 0;
+    std::vector<Phase> q_;  // replies expected, in order
+    size_t qhead_ = 0, qlen_ = 0;
+    Txn cur_, next_;
+    std::string out_, queued_;
+    size_t out_off_ = 0;
+    ReplyReader reader_;
+    char addr_[320];
+    IoOp connect_op_{&ClientConn::on_connect, this};
+    IoOp recv_op_{&ClientConn::on_recv, this};
+    IoOp send_op_{&ClientConn::on_send, this};
+    IoOp close_op_{&ClientConn::on_close, this};
+};
+
+class SourceWorker {
+public:
+    SourceWorker(const SourceConfig& config, const MessageFactory& messages, uint32_t index,
+                 uint32_t threads, uint32_t sessions, uint64_t share, uint64_t base,
+                 uint64_t t0_ns, ThreadStats& stats)
+        : cfg(config),
+          factory(messages),
+          st(stats),
+          index_(index),
+          threads_(threads),
+          sessions_(sessions),
+          share_(share),
+          base_(base),
+          t0_ns_(t0_ns),
+          stop_fd_(eventfd(0, EFD_CLOEXEC)) {
+        messages_mode_ = !config.idle && (config.messages > 0 || config.duration_s <= 0);
+        end_ns_ = config.duration_s > 0
+                      ? t0_ns + static_cast<uint64_t>(config.duration_s * 1e9)
+                      : 0;
+        if (config.rate > 0) interval_ns_ = 1e9 * threads / config.rate;
+    }
+    ~SourceWorker() { close(stop_fd_); }
+
+    [[nodiscard]] bool run(const sockaddr_storage& target, socklen_t target_len,
+                           std::string* error);
+    void request_stop() {
+        uint64_t one = 1;
+        (void)!write(stop_fd_, &one, sizeof one);
+    }
+
+    [[nodiscard]] bool take(Msg* m);
+    [[nodiscard]] bool exhausted() const;
+    void add_idle(ClientConn* c) {
+        c->in_idle = true;
+        idle_.push_back(c);
+    }
+    void remove_idle(ClientConn* c) {
+        if (!c->in_idle) return;
+        c->in_idle = false;
+        idle_.erase(std::find(idle_.begin(), idle_.end(), c));
+    }
+    void conn_done() { live_--; }
+    void starved(ClientConn* c) { starved_.push_back(c); }
+    Reactor& reactor() { return reactor_; }
+    // Binds a new socket to the next --source-ip (round robin over all threads' connects).
+    [[nodiscard]] bool bind_source(int fd);
+
+    const SourceConfig& cfg;
+    const MessageFactory& factory;
+    ThreadStats& st;
+    sockaddr_storage target{};
+    socklen_t target_len = 0;
+
+private:
+    void dispatch();
+    void arm_timer();
+    static void on_timer(void* self, int res, uint32_t flags);
+    static void on_stop(void* self, int res, uint32_t flags);
+    [[nodiscard]] uint64_t due_ns() const {
+        return t0_ns_ + static_cast<uint64_t>(static_cast<double>(k_) * interval_ns_);
+    }
+
+    uint32_t index_, threads_, sessions_;
+    uint64_t share_, base_, t0_ns_;
+    uint64_t end_ns_ = 0;
+    double interval_ns_ = 0;
+    bool messages_mode_ = true;
+    uint64_t k_ = 0;  // messages started by this thread
+    uint64_t connects_ = 0;
+    bool stop_ = false;
+    bool timer_armed_ = false;
+    uint32_t live_ = 0;
+    int stop_fd_;
+    uint64_t stop_buf_ = 0;
+    __kernel_timespec timer_ts_{};
+    std::vector<std::unique_ptr<ClientConn>> conns_;
+    std::vector<ClientConn*> idle_;
+    std::vector<ClientConn*> starved_;
+    IoOp timer_op_{&SourceWorker::on_timer, this};
+    IoOp stop_op_{&SourceWorker::on_stop, this};
+    Reactor reactor_;  // last: destroyed first, so no operation outlives its connection
+};
+
+size_t pow2_at_least(size_t n) {
+    size_t p = 1;
+    while (p < n) p <<= 1;
+    return p;
+}
+
+// --- connection --------------------------------------------------------------------------
+
+ClientConn::ClientConn(SourceWorker& w, uint32_t recipients)
+    : w_(w), cfg_(w.cfg), st_(w.st), q_(pow2_at_least(2 * (size_t{recipients} + 6))) {}
+
+void ClientConn::connect() {
+    const sockaddr_storage& t = w_.target;
+    fd_ = socket(t.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0 || !w_.bind_source(fd_)) {
+        if (fd_ >= 0) close(fd_);
+        fd_ = -1;
+        st_.connect_errors++;
+        state_ = State::done;
+        w_.conn_done();
+        return;
+    }
+    int one = 1;
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    state_ = State::connecting;
+    recv_armed_ = send_inflight_ = close_submitted_ = starved_ = false;
+    saw_pipelining_ = pipelining_ = false;
+    msgs_on_conn_ = 0;
+    qhead_ = qlen_ = 0;
+    cur_ = next_ = Txn{};
+    out_.clear();
+    queued_.clear();
+    out_off_ = 0;
+    reader_.reset();
+    io_uring_prep_connect(w_.reactor().sqe(connect_op_), fd_,
+                          reinterpret_cast<const sockaddr*>(&w_.target), w_.target_len);
+    connect_inflight_ = true;
+    inflight_++;
+}
+
+void ClientConn::on_connect(void* self, int res, uint32_t) {
+    auto* c = static_cast<ClientConn*>(self);
+    c->inflight_--;
+    c->connect_inflight_ = false;
+    if (c->state_ == State::closing) return c->maybe_release();
+    if (res < 0) {
+        c->st_.connect_errors++;
+        c->dead_ = true;
+        return c->begin_close();
+    }
+    c->state_ = State::greeting;
+    c->expect(Phase::greeting);
+    c->arm_recv();
+}
+
+void ClientConn::arm_recv() {
+    Reactor& r = w_.reactor();
+    io_uring_sqe* s = r.sqe(recv_op_);
+    io_uring_prep_recv_multishot(s, fd_, nullptr, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = r.buffer_group();
+    recv_armed_ = true;
+    inflight_++;
+}
+
+void ClientConn::resume_recv() {
+    starved_ = false;
+    if (state_ != State::closing && state_ != State::done && !recv_armed_) arm_recv();
+}
+
+void ClientConn::on_recv(void* self, int res, uint32_t flags) {
+    auto* c = static_cast<ClientConn*>(self);
+    Reactor& r = c->w_.reactor();
+    bool more = flags & IORING_CQE_F_MORE;
+    if (!more) {
+        c->recv_armed_ = false;
+        c->inflight_--;
+    }
+    if (res > 0) {
+        auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+        if (c->state_ != State::closing) c->on_bytes({r.buffer(bid), static_cast<size_t>(res)});
+        r.recycle(bid);
+        if (c->state_ == State::closing) return c->maybe_release();
+        if (!more && !c->recv_armed_) c->arm_recv();
+        return;
+    }
+    if (c->state_ == State::closing) return c->maybe_release();
+    if (res == -ENOBUFS) {
+        if (!more && !c->starved_) {
+            c->starved_ = true;
+            c->w_.starved(c);
+        }
+        return;
+    }
+    c->begin_close();  // 0: the server closed; < 0: the connection broke
+}
+
+void ClientConn::on_bytes(std::string_view in) {
+    bool ok = reader_.feed(in, [this](const ReplyReader::Line& l) {
+        if (state_ == State::closing) return;
+        if (state_ == State::ehlo && l.text.size() >= 10 &&
+            strncasecmp(l.text.data(), "PIPELINING", 10) == 0)
+            saw_pipelining_ = true;
+        if (l.last) on_reply(l.code);
+    });
+    if (!ok && state_ != State::closing) {
+        st_.protocol_errors++;
+        dead_ = true;
+        begin_close();
+    }
+}
+
+void ClientConn::on_reply(int code) {
+    if (qlen_ == 0) {  // a reply nobody asked for
+        st_.protocol_errors++;
+        dead_ = true;
+        return begin_close();
+    }
+    Phase ph = q_[qhead_];
+    qhead_ = (qhead_ + 1) & (q_.size() - 1);
+    qlen_--;
+    st_.replies[static_cast<size_t>(ph)][code - 200]++;
+    const bool ok = code / 100 == 2;
+    const bool pipelined = pipelining_;
+    switch (ph) {
+    case Phase::greeting:
+        if (!ok) {
+            st_.refused++;
+            dead_ = true;
+            return begin_close();
+        }
+        state_ = State::ehlo;
+        return send_simple("EHLO client.ringmail-bench.test\r\n", Phase::ehlo);
+    case Phase::ehlo:
+        if (!ok) return quit();
+        pipelining_ = cfg_.pipelining && saw_pipelining_;
+        st_.connections.add();
+        return next_work();
+    case Phase::mail:
+        if (!ok) cur_.failed = true;
+        if (pipelined) return;
+        if (!ok) return send_simple("RSET\r\n", Phase::rset);
+        put_rcpt(buf(), cur_.seq, cur_.rcpt_sent++);
+        expect(Phase::rcpt);
+        return kick();
+    case Phase::rcpt:
+        if (ok) cur_.rcpt_ok++;
+        if (pipelined) return;
+        if (cur_.rcpt_sent < cfg_.recipients) {
+            put_rcpt(buf(), cur_.seq, cur_.rcpt_sent++);
+            expect(Phase::rcpt);
+            return kick();
+        }
+        if (cur_.rcpt_ok > 0) return send_simple("DATA\r\n", Phase::data);
+        cur_.failed = true;
+        return send_simple("RSET\r\n", Phase::rset);
+    case Phase::data:
+        if (code == 354) return send_body();
+        cur_.failed = true;
+        return send_simple("RSET\r\n", Phase::rset);
+    case Phase::eom:
+        return finish_txn(ok, true);
+    case Phase::rset:
+        return finish_txn(false, false);
+    case Phase::quit:
+        return begin_close();
+    }
+}
+
+void ClientConn::finish_txn(bool accepted, bool at_eom) {
+    uint64_t now = now_ns();
+    st_.completed.add();
+    if (accepted)
+        st_.accepted++;
+    else
+        st_.failed++;
+    if (at_eom) st_.eom_us.record((now - cur_.eom_ns) / 1000);
+    st_.txn_us.record((now - cur_.intended_ns) / 1000);
+    st_.last_done_ns = now;
+    if (next_.active) {  // pipelined after this one's text: its replies are on their way
+        cur_ = next_;
+        next_ = Txn{};
+        return;
+    }
+    cur_ = Txn{};
+    after_txn();
+}
+
+void ClientConn::after_txn() {
+    if (cfg_.messages_per_connection && msgs_on_conn_ >= cfg_.messages_per_connection)
+        return quit();
+    next_work();
+}
+
+void ClientConn::next_work() {
+    Msg m;
+    if (w_.take(&m)) return start_txn(m);
+    if (w_.exhausted()) return quit();
+    state_ = State::ready;
+    w_.add_idle(this);
+}
+
+void ClientConn::put_rcpt(std::string& b, uint64_t seq, uint32_t i) {
+    uint64_t n = seq * cfg_.recipients + i;
+    int len;
+    if (cfg_.domains > 1)
+        len = snprintf(addr_, sizeof addr_, "r%llu@d%llu.%s", (unsigned long long)n,
+                       (unsigned long long)(n % cfg_.domains), cfg_.to_domain.c_str());
+    else
+        len = snprintf(addr_, sizeof addr_, "r%llu@%s", (unsigned long long)n,
+                       cfg_.to_domain.c_str());
+    b.append("RCPT TO:<").append(addr_, static_cast<size_t>(len)).append(">\r\n");
+}
+
+void ClientConn::put_envelope(std::string& b, Txn& t) {
+    b.append("MAIL FROM:<").append(cfg_.from).append(">\r\n");
+    expect(Phase::mail);
+    for (uint32_t i = 0; i < cfg_.recipients; i++) {
+        put_rcpt(b, t.seq, i);
+        expect(Phase::rcpt);
+    }
+    t.rcpt_sent = cfg_.recipients;
+    b.append("DATA\r\n");
+    expect(Phase::data);
+}
+
+void ClientConn::start_txn(const Msg& m) {
+    state_ = State::txn;
+    msgs_on_conn_++;
+    cur_ = Txn{};
+    cur_.active = true;
+    cur_.seq = m.seq;
+    cur_.intended_ns = m.intended_ns;
+    std::string& b = buf();
+    if (pipelining_) {
+        put_envelope(b, cur_);
+    } else {
+        b.append("MAIL FROM:<").append(cfg_.from).append(">\r\n");
+        expect(Phase::mail);
+    }
+    kick();
+}
+
+// RFC 2920 §3.1: the message text may be followed by the next transaction's commands.
+void ClientConn::send_body() {
+    std::string& b = buf();
+    size_t before = b.size();
+    put_rcpt(b, cur_.seq, 0);  // fills addr_ with the first recipient, for the To: header
+    b.resize(before);
+    w_.factory.append(b, cur_.seq, cfg_.sizes.pick(cur_.seq), cfg_.from, addr_);
+    b.append(".\r\n");
+    st_.bytes_sent += b.size() - before;
+    expect(Phase::eom);
+    cur_.eom_ns = now_ns();
+    Msg m;
+    if (pipelining_ &&
+        (!cfg_.messages_per_connection || msgs_on_conn_ < cfg_.messages_per_connection) &&
+        w_.take(&m)) {
+        msgs_on_conn_++;
+        next_ = Txn{};
+        next_.active = true;
+        next_.seq = m.seq;
+        next_.intended_ns = m.intended_ns;
+        put_envelope(b, next_);
+    }
+    kick();
+}
+
+void ClientConn::send_simple(std::string_view cmd, Phase p) {
+    buf().append(cmd);
+    expect(p);
+    kick();
+}
+
+void ClientConn::quit() {
+    state_ = State::quitting;
+    send_simple("QUIT\r\n", Phase::quit);
+}
+
+void ClientConn::kick() {
+    if (send_inflight_ || state_ == State::closing || out_off_ == out_.size()) return;
+    io_uring_prep_send(w_.reactor().sqe(send_op_), fd_, out_.data() + out_off_,
+                       out_.size() - out_off_, MSG_NOSIGNAL);
+    send_inflight_ = true;
+    inflight_++;
+}
+
+void ClientConn::on_send(void* self, int res, uint32_t) {
+    auto* c = static_cast<ClientConn*>(self);
+    c->inflight_--;
+    c->send_inflight_ = false;
+    if (c->state_ == State::closing) return c->maybe_release();
+    if (res <= 0) return c->begin_close();
+    c->out_off_ += static_cast<size_t>(res);
+    if (c->out_off_ == c->out_.size()) {
+        c->out_.clear();
+        c->out_off_ = 0;
+        std::swap(c->out_, c->queued_);
+    }
+    c->kick();
+}
+
+void ClientConn::begin_close() {
+    if (state_ == State::closing || state_ == State::done) return;
+    if (cur_.active) st_.aborted++;
+    if (next_.active) st_.aborted++;
+    cur_ = next_ = Txn{};
+    w_.remove_idle(this);
+    state_ = State::closing;
+    if (recv_armed_ || send_inflight_ || connect_inflight_) {
+        io_uring_sqe* s = w_.reactor().sqe();
+        io_uring_prep_cancel_fd(s, fd_, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(s, kTagIgnore);
+    }
+    maybe_release();
+}
+
+void ClientConn::maybe_release() {
+    if (state_ != State::closing || inflight_ > 0 || close_submitted_) return;
+    close_submitted_ = true;
+    inflight_++;
+    io_uring_prep_close(w_.reactor().sqe(close_op_), fd_);
+}
+
+void ClientConn::on_close(void* self, int, uint32_t) {
+    auto* c = static_cast<ClientConn*>(self);
+    c->inflight_--;
+    RM_ASSERT(c->inflight_ == 0);
+    c->fd_ = -1;
+    c->state_ = State::done;
+    if (c->dead_ || c->w_.exhausted()) return c->w_.conn_done();
+    c->connect();  // --messages-per-connection reached, or the server hung up: go on
+}
+
+// --- worker ------------------------------------------------------------------------------
+
+bool SourceWorker::bind_source(int fd) {
+    if (cfg.source_ips.empty()) return true;
+    const std::string& ip =
+        cfg.source_ips[(index_ + threads_ * connects_++) % cfg.source_ips.size()];
+    // Leave the port to connect(): the 4-tuple, not the local port alone, must be unique.
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    sockaddr_storage ss{};
+    socklen_t len;
+    if (target.ss_family == AF_INET) {
+        auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+        v4->sin_family = AF_INET;
+        if (inet_pton(AF_INET, ip.c_str(), &v4->sin_addr) != 1) return false;
+        len = sizeof *v4;
+    } else {
+        auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+        v6->sin6_family = AF_INET6;
+        if (inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) != 1) return false;
+        len = sizeof *v6;
+    }
+    return bind(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+}
+
+bool SourceWorker::take(Msg* m) {
+    if (stop_ || cfg.idle) return false;
+    if (messages_mode_ && k_ >= share_) return false;
+    uint64_t now = now_ns();
+    uint64_t intended = now;
+    if (interval_ns_ > 0) {
+        intended = due_ns();
+        if (intended > now || (end_ns_ && intended >= end_ns_)) return false;
+    } else if (end_ns_ && now >= end_ns_) {
+        return false;
+    }
+    m->seq = messages_mode_ ? base_ + k_ : k_ * threads_ + index_;
+    m->intended_ns = intended;
+    k_++;
+    st.started.add();
+    if (st.first_start_ns == 0) st.first_start_ns = intended;
+    return true;
+}
+
+bool SourceWorker::exhausted() const {
+    if (stop_) return true;
+    if (messages_mode_ && k_ >= share_) return true;
+    if (!end_ns_) return false;
+    return interval_ns_ > 0 && !cfg.idle ? due_ns() >= end_ns_ : now_ns() >= end_ns_;
+}
+
+void SourceWorker::dispatch() {
+    while (!idle_.empty()) {
+        Msg m;
+        if (!take(&m)) break;
+        ClientConn* c = idle_.back();
+        idle_.pop_back();
+        c->in_idle = false;
+        c->start_txn(m);
+    }
+    if (idle_.empty() || !exhausted()) return;
+    std::vector<ClientConn*> done;
+    done.swap(idle_);
+    for (ClientConn* c : done) {
+        c->in_idle = false;
+        c->quit();
+    }
+}
+
+// The next moment something is due: the next open-loop start, or the end of --duration.
+void SourceWorker::arm_timer() {
+    if (timer_armed_ || exhausted()) return;
+    uint64_t at = 0;
+    if (interval_ns_ > 0 && !cfg.idle) {
+        // Open loop: only an idle session needs waking for the next start (with every session
+        // busy a reply wakes the loop; arming a due time already past would spin it). The end
+        // needs no timer: it is reached when the schedule's next start passes it.
+        if (idle_.empty()) return;
+        at = due_ns();
+    } else {
+        at = end_ns_;  // closed loop or --idle: not exhausted, so the end is still ahead
+    }
+    if (at == 0) return;
+    timer_ts_.tv_sec = static_cast<long long>(at / 1000000000u);
+    timer_ts_.tv_nsec = static_cast<long long>(at % 1000000000u);
+    io_uring_prep_timeout(reactor_.sqe(timer_op_), &timer_ts_, 0, IORING_TIMEOUT_ABS);
+    timer_armed_ = true;
+}
+
+void SourceWorker::on_timer(void* self, int, uint32_t) {
+    static_cast<SourceWorker*>(self)->timer_armed_ = false;
+}
+
+void SourceWorker::on_stop(void* self, int, uint32_t) { static_cast<SourceWorker*>(self)->stop_ = true; }
+
+bool SourceWorker::run(const sockaddr_storage& t, socklen_t tlen, std::string* error) {
+    target = t;
+    target_len = tlen;
+    if (!reactor_.init(kRingEntries, kRecvBufferBytes, kRecvBufferCount, error)) return false;
+    io_uring_prep_read(reactor_.sqe(stop_op_), stop_fd_, &stop_buf_, sizeof stop_buf_, 0);
+    conns_.reserve(sessions_);
+    for (uint32_t i = 0; i < sessions_; i++)
+        conns_.push_back(std::make_unique<ClientConn>(*this, cfg.recipients));
+    live_ = sessions_;
+    for (auto& c : conns_) c->connect();
+    while (live_ > 0) {
+        arm_timer();
+        reactor_.run_once([](uint64_t, int) {});
+        for (ClientConn* c : starved_) c->resume_recv();
+        starved_.clear();
+        dispatch();
+    }
+    // Leave nothing in flight on the ring but the stop read (the ring is torn down with it).
+    return true;
+}
+
+// --- report ------------------------------------------------------------------------------
+
+void latency_json(Json& j, std::string_view key, const Histogram& h) {
+    auto ms = [](uint64_t us) { return double(us) / 1000.0; };
+    j.begin(key)
+        .num("count", h.count())
+        .real("mean", h.mean() / 1000.0)
+        .real("p50", ms(h.percentile(50)))
+        .real("p90", ms(h.percentile(90)))
+        .real("p99", ms(h.percentile(99)))
+        .real("p99.9", ms(h.percentile(99.9)))
+        .real("max", ms(h.max()))
+        .end();
+}
+
+struct Totals {
+    uint64_t started = 0, completed = 0, accepted = 0, failed = 0, aborted = 0, bytes = 0;
+    uint64_t connections = 0, connect_errors = 0, refused = 0, protocol_errors = 0;
+    uint64_t first_ns = UINT64_MAX, last_ns = 0;
+    uint64_t replies[kPhases][400] = {};
+    Histogram eom_us, txn_us;
+};
+
+void merge(Totals& t, const ThreadStats& s) {
+    t.started += s.started.get();
+    t.completed += s.completed.get();
+    t.connections += s.connections.get();
+    t.accepted += s.accepted;
+    t.failed += s.failed;
+    t.aborted += s.aborted;
+    t.bytes += s.bytes_sent;
+    t.connect_errors += s.connect_errors;
+    t.refused += s.refused;
+    t.protocol_errors += s.protocol_errors;
+    if (s.first_start_ns) t.first_ns = std::min(t.first_ns, s.first_start_ns);
+    t.last_ns = std::max(t.last_ns, s.last_done_ns);
+    for (size_t p = 0; p < kPhases; p++)
+        for (size_t c = 0; c < 400; c++) t.replies[p][c] += s.replies[p][c];
+    t.eom_us.merge(s.eom_us);
+    t.txn_us.merge(s.txn_us);
+}
+
+std::string report(const SourceConfig& cfg, const Totals& t, double wall_s, uint32_t threads) {
+    double msg_s = t.last_ns > t.first_ns ? double(t.last_ns - t.first_ns) / 1e9 : wall_s;
+    auto per = [](double n, double s) { return s > 0 ? n / s : 0.0; };
+    Json j;
+    j.begin()
+        .str("tool", "source")
+        .str("mode", cfg.idle ? "idle" : cfg.rate > 0 ? "open" : "closed")
+        .real("rate_requested", cfg.rate)
+        .num("threads", threads)
+        .num("sessions", cfg.sessions)
+        .boolean("pipelining", cfg.pipelining)
+        .real("elapsed_s", wall_s)
+        .real("message_time_s", msg_s)
+        .num("messages_started", t.started)
+        .num("messages_completed", t.completed)
+        .num("messages_accepted", t.accepted)
+        .num("messages_failed", t.failed)
+        .num("messages_aborted", t.aborted)
+        .real("messages_per_s", per(double(t.completed), msg_s))
+        .real("accepted_per_s", per(double(t.accepted), msg_s))
+        .num("bytes_sent", t.bytes)
+        .real("mb_per_s", per(double(t.bytes) / 1e6, msg_s))
+        .num("connections", t.connections)
+        .real("connections_per_s", per(double(t.connections), wall_s))
+        .num("connect_errors", t.connect_errors)
+        .num("refused_at_greeting", t.refused)
+        .num("protocol_errors", t.protocol_errors);
+    j.begin("replies");
+    for (size_t p = 0; p < kPhases; p++) {
+        j.begin(kPhaseNames[p]);
+        for (size_t c = 0; c < 400; c++)
+            if (t.replies[p][c]) j.num(std::to_string(c + 200), t.replies[p][c]);
+        j.end();
+    }
+    j.end();
+    latency_json(j, "latency_eom_ms", t.eom_us);
+    latency_json(j, "latency_txn_ms", t.txn_us);
+    j.end();
+    if (cfg.json) return j.text() + "\n";
+
+    std::string s;
+    char b[512];
+    auto line = [&](const char* fmt, auto... a) {
+        snprintf(b, sizeof b, fmt, a...);
+        s += b;
+    };
+    line("ringmail-bench source → %s:%u: %s loop, %u threads, %u sessions, pipelining %s\n",
+         cfg.host.c_str(), unsigned(cfg.port), cfg.rate > 0 ? "open" : "closed", threads,
+         cfg.sessions, cfg.pipelining ? "on" : "off");
+    line("  messages     %llu started, %llu completed (%llu accepted, %llu failed, %llu aborted)\n",
+         (unsigned long long)t.started, (unsigned long long)t.completed,
+         (unsigned long long)t.accepted, (unsigned long long)t.failed,
+         (unsigned long long)t.aborted);
+    line("  throughput   %.0f msg/s, %.2f MB/s over %.3f s\n", per(double(t.completed), msg_s),
+         per(double(t.bytes) / 1e6, msg_s), msg_s);
+    line("  connections  %llu (%.0f/s), connect errors %llu, refused %llu, protocol errors %llu\n",
+         (unsigned long long)t.connections, per(double(t.connections), wall_s),
+         (unsigned long long)t.connect_errors, (unsigned long long)t.refused,
+         (unsigned long long)t.protocol_errors);
+    for (size_t p = 0; p < kPhases; p++) {
+        std::string codes;
+        for (size_t c = 0; c < 400; c++)
+            if (t.replies[p][c])
+                codes += " " + std::to_string(c + 200) + "×" + std::to_string(t.replies[p][c]);
+        if (!codes.empty()) line("  %-12s%s\n", kPhaseNames[p], codes.c_str());
+    }
+    for (int k = 0; k < 2; k++) {
+        const Histogram& h = k ? t.txn_us : t.eom_us;
+        line("  %-12s p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms\n",
+             k ? "transaction" : "end-of-data", h.percentile(50) / 1e3, h.percentile(90) / 1e3,
+             h.percentile(99) / 1e3, h.percentile(99.9) / 1e3, h.max() / 1e3);
+    }
+    return s;
+}
+
+[[nodiscard]] bool parse_target(const SourceConfig& cfg, sockaddr_storage* ss, socklen_t* len) {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(ss);
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(ss);
+    *ss = sockaddr_storage{};
+    if (inet_pton(AF_INET, cfg.host.c_str(), &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(cfg.port);
+        *len = sizeof *v4;
+        return true;
+    }
+    if (inet_pton(AF_INET6, cfg.host.c_str(), &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(cfg.port);
+        *len = sizeof *v6;
+        return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+int run_source(const SourceConfig& in) {
+    SourceConfig cfg = in;
+    if (cfg.messages == 0 && cfg.duration_s <= 0 && !cfg.idle) cfg.messages = kDefaultMessages;
+    sockaddr_storage target;
+    socklen_t target_len;
+    if (!parse_target(cfg, &target, &target_len)) {
+        fprintf(stderr, "ringmail-bench source: %s is not an IP address\n", cfg.host.c_str());
+        return 2;
+    }
+    uint32_t threads = cfg.threads ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
+    threads = std::min(threads, std::max(1u, cfg.sessions));
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);  // a worker finished
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+    MessageFactory factory(cfg.sizes.max());
+    std::vector<std::unique_ptr<ThreadStats>> stats;
+    std::vector<std::unique_ptr<SourceWorker>> workers;
+    const uint64_t t0 = now_ns();
+    uint64_t base = 0;
+    for (uint32_t t = 0; t < threads; t++) {
+        uint32_t sessions = cfg.sessions / threads + (t < cfg.sessions % threads);
+        uint64_t share = cfg.messages / threads + (t < cfg.messages % threads);
+        stats.push_back(std::make_unique<ThreadStats>());
+        workers.push_back(std::make_unique<SourceWorker>(cfg, factory, t, threads, sessions,
+                                                         share, base, t0, *stats[t]));
+        base += share;
+    }
+    std::atomic<uint32_t> finished{0};
+    std::atomic<int> failed{0};
+    pthread_t main_thread = pthread_self();
+    std::vector<std::thread> pool;
+    for (auto& w : workers) {
+        pool.emplace_back([&, wp = w.get()] {
+            std::string err;
+            if (!wp->run(target, target_len, &err)) {
+                fprintf(stderr, "ringmail-bench source: %s\n", err.c_str());
+                failed.fetch_add(1);
+            }
+            finished.fetch_add(1);
+            pthread_kill(main_thread, SIGUSR1);
+        });
+    }
+    const bool progress = cfg.progress && isatty(STDERR_FILENO);
+    bool stopping = false;
+    while (finished.load() < threads) {
+        timespec ts{1, 0};
+        int sig = sigtimedwait(&set, nullptr, &ts);
+        if ((sig == SIGINT || sig == SIGTERM) && !stopping) {
+            stopping = true;  // finish what is in flight, then QUIT
+            for (auto& w : workers) w->request_stop();
+        }
+        if (progress && sig < 0) {
+            uint64_t started = 0, done = 0, conns = 0;
+            for (auto& s : stats) {
+                started += s->started.get();
+                done += s->completed.get();
+                conns += s->connections.get();
+            }
+            double el = double(now_ns() - t0) / 1e9;
+            fprintf(stderr, "\r%7.1fs  started %llu  completed %llu (%.0f/s)  connections %llu   ",
+                    el, (unsigned long long)started, (unsigned long long)done,
+                    el > 0 ? double(done) / el : 0.0, (unsigned long long)conns);
+        }
+    }
+    for (auto& th : pool) th.join();
+    if (progress) fprintf(stderr, "\n");
+    double wall = double(now_ns() - t0) / 1e9;
+    auto totals = std::make_unique<Totals>();
+    for (auto& s : stats) merge(*totals, *s);
+    std::string out = report(cfg, *totals, wall, threads);
+    fwrite(out.data(), 1, out.size(), stdout);
+    fflush(stdout);
+    return failed.load() ? 1 : 0;
+}
+
+}  // namespace ringmail::bench
