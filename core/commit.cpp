@@ -14,6 +14,7 @@
 
 #include "core/log.hpp"
 #include "spool/recovery.hpp"
+#include "spool/status.hpp"
 
 namespace ringmail {
 namespace {
@@ -213,7 +214,7 @@ void Committer::submit(CommitWaiter* w) {
 void Committer::flush(uint64_t now_us) {
     now_us_ = now_us;
     if (prep_ == Prep::failed && now_us >= prep_retry_after_us_) prepare_next();
-    if (batch_inflight_ || pending_.empty()) return;
+    if (batch_inflight_ || (pending_.empty() && statuses_.empty())) return;
     if (config_.commit_window_us && now_us - window_start_us_ < config_.commit_window_us &&
         pending_.size() < limits::commit_batch_messages_max)
         return;
@@ -230,21 +231,33 @@ void Committer::fail_pending(smtp::CommitResult r) {
     pending_.clear();
 }
 
+void Committer::append_status(const spool::Status& st) {
+    size_t at = statuses_.size();
+    statuses_.resize(at + spool::status_record_max_bytes);
+    size_t n = spool::encode_status(
+        st, salt_, std::span<char>(statuses_.data() + at, spool::status_record_max_bytes));
+    statuses_.resize(at + n);
+    stats_.statuses++;
+}
+
 void Committer::start_batch() {
     // Seal every waiting message; all segments of this run share the salt, so a record can be
     // sealed before we know which segment it lands in.
     size_t first = 0;
     batch_.clear();
     iov_.clear();
-    batch_bytes_ = 0;
+    uint64_t status_bytes = statuses_.size();
+    batch_bytes_ = status_bytes;
     for (CommitWaiter* w : pending_) {
         if (w->sealed) continue;
         RM_ASSERT(w->builder.seal(salt_));
         w->sealed = true;
     }
+    bool placed = false;
     for (;;) {
-        if (current_.fd < 0 || current_.fenced) {
+        if (current_.fd < 0 || current_.fenced || current_.size - current_.offset < status_bytes) {
             if (!rotate()) break;
+            continue;
         }
         uint64_t room = current_.size - current_.offset;
         while (first < pending_.size() && batch_.size() < limits::commit_batch_messages_max) {
@@ -254,11 +267,12 @@ void Committer::start_batch() {
             batch_bytes_ += n;
             first++;
         }
-        if (!batch_.empty() || first == pending_.size()) break;
+        placed = !batch_.empty() || status_bytes > 0;
+        if (placed || first == pending_.size()) break;
         // The head does not fit what is left of this segment: move to the next one.
         if (!rotate()) break;
     }
-    if (batch_.empty()) {
+    if (!placed) {
         // No segment can take the head message now.
         if (prep_ == Prep::failed) {
             smtp::CommitResult r = prep_errno_ == ENOSPC || prep_errno_ == EDQUOT
@@ -271,6 +285,12 @@ void Committer::start_batch() {
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<long>(first));
     for (CommitWaiter* w : batch_)
         w->builder.iovecs(iov_);
+    // Status records ride at the end of the batch: each follows the message it is about,
+    // which was committed before its delivery began.
+    statuses_.swap(statuses_inflight_);
+    statuses_.clear();
+    if (!statuses_inflight_.empty())
+        iov_.push_back(iovec{statuses_inflight_.data(), statuses_inflight_.size()});
 
     batch_inflight_ = true;
     batch_ok_ = true;
@@ -310,6 +330,15 @@ void Committer::finish_batch(bool ok) {
     } else {
         stats_.commits++;
     }
+    if (ok) {
+        current_.offset += statuses_inflight_.size();
+    } else {
+        // The statuses were sealed with this run's salt: they are valid in any segment, so
+        // they go again with the next batch rather than being lost.
+        statuses_inflight_.insert(statuses_inflight_.end(), statuses_.begin(), statuses_.end());
+        statuses_.swap(statuses_inflight_);
+    }
+    statuses_inflight_.clear();
     for (CommitWaiter* w : batch_) {
         if (ok) {
             QueueEntry e;

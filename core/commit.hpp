@@ -26,6 +26,10 @@
 #include "net/smtp_server.hpp"
 #include "spool/record.hpp"
 
+namespace ringmail::spool {
+struct Status;
+}
+
 namespace ringmail {
 
 // A message waiting for its commit: owns the staged record.
@@ -46,6 +50,7 @@ struct CommitStats {
     uint64_t bytes = 0;
     uint64_t failed = 0;    // messages answered 451/452
     uint64_t segments = 0;  // segments created
+    uint64_t statuses = 0;  // status records appended
 };
 
 class Committer {
@@ -63,8 +68,13 @@ class Committer {
     [[nodiscard]] spool::ChunkPool& pool() { return pool_; }
 
     void submit(CommitWaiter* w);  // the message is complete; w waits for commit_finished
-    void flush(uint64_t now_us);   // end of a loop iteration: start a commit if one can run
-    [[nodiscard]] bool idle() const { return pending_.empty() && !batch_inflight_; }
+    // A recipient's outcome: written with the next batch (nobody waits for it; a status lost
+    // in a crash means a repeated attempt, never a lost message).
+    void append_status(const spool::Status& s);
+    void flush(uint64_t now_us);  // end of a loop iteration: start a commit if one can run
+    [[nodiscard]] bool idle() const {
+        return pending_.empty() && statuses_.empty() && !batch_inflight_;
+    }
     // Idle, and no segment preparation in flight: nothing of ours is left in the ring (an
     // openat completing after the ring is gone would leak its fd).
     [[nodiscard]] bool quiescent() const {
@@ -118,6 +128,8 @@ class Committer {
     std::vector<CommitWaiter*> pending_;
     std::vector<CommitWaiter*> batch_;
     std::vector<iovec> iov_;
+    std::vector<char> statuses_;           // encoded status records for the next batch
+    std::vector<char> statuses_inflight_;  // those of the batch in flight
     uint64_t batch_bytes_ = 0;
     uint32_t batch_ops_left_ = 0;
     bool batch_ok_ = true;

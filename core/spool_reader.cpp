@@ -17,7 +17,8 @@ SpoolReader::SpoolReader(Reactor& reactor, std::string spool_dir, uint32_t fds_m
 }
 
 SpoolReader::~SpoolReader() {
-    for (const Open& o : open_) ::close(o.fd);
+    for (const Open& o : open_)
+        ::close(o.fd);
 }
 
 // Opening a segment is a blocking syscall on the reactor, once per segment per core (and a

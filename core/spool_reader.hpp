@@ -24,13 +24,13 @@ struct RecordLocation {
 };
 
 class SpoolReader {
-public:
+  public:
     // A read in flight; owned by the caller (embedded in a delivery), completes once.
     struct Read {
         IoOp op;
         SpoolReader* reader = nullptr;
         RecordLocation at;
-        std::vector<char> buf;  // keeps its capacity across reads
+        std::vector<char> buf;                     // keeps its capacity across reads
         void (*done)(Read* r, int err) = nullptr;  // err 0: buf holds the whole record
         void* user = nullptr;
         int fd = -1;
@@ -46,7 +46,7 @@ public:
     // The segment is gone (deleted after all its messages became final): close its fd.
     void forget(uint16_t dir, uint64_t segment_seq);
 
-private:
+  private:
     static void on_read(void* self, int res, uint32_t flags);
     int fd_for(uint16_t dir, uint64_t seq);
 

@@ -15,6 +15,7 @@
 
 #include "core/commit.hpp"
 #include "spool/recovery.hpp"
+#include "spool/status.hpp"
 
 namespace ringmail {
 namespace {
@@ -161,6 +162,49 @@ TEST(GroupCommit, RotatesSegmentsWhenFull) {
             EXPECT_EQ(w.result, smtp::CommitResult::ok);
         EXPECT_GE(f.committer->stats().segments, 3u);
         EXPECT_EQ(f.recovered().size(), 12u);
+    }
+    fs::remove_all(d);
+}
+
+TEST(GroupCommit, StatusRecordsRideWithTheNextBatchAfterTheirMessage) {
+    fs::path d = temp_dir();
+    {
+        Fixture f(d);
+        Waiter a;
+        ASSERT_TRUE(f.stage(a, "a\r\n"));
+        f.committer->submit(&a);
+        ASSERT_TRUE(f.run_until([&] { return a.done; }));
+        // A status alone makes a batch of its own (one write, one fdatasync).
+        spool::Status st;
+        st.message_id = f.queue.entries()[0].id;
+        st.state = spool::StatusState::deferred;
+        st.reply = "451 4.7.1 later";
+        f.committer->append_status(st);
+        EXPECT_FALSE(f.committer->idle());
+        ASSERT_TRUE(f.run_until([&] { return f.committer->idle(); }));
+        EXPECT_EQ(f.committer->stats().commits, 2u);
+        // A status with a message: one batch for both, the message first.
+        Waiter b;
+        ASSERT_TRUE(f.stage(b, "b\r\n"));
+        f.committer->submit(&b);
+        st.state = spool::StatusState::delivered;
+        st.reply = "250 ok";
+        f.committer->append_status(st);
+        ASSERT_TRUE(f.run_until([&] { return b.done && f.committer->idle(); }));
+        EXPECT_EQ(f.committer->stats().commits, 3u);
+
+        std::vector<std::string> order;
+        spool::RecoveryStats rs;
+        std::string err;
+        ASSERT_TRUE(spool::recover_dir(
+            spool::core_dir_path(f.cfg.spool_dir, 0), "",
+            [&](const spool::RecoveredMessage& m) {
+                order.push_back(std::string(m.message->body));
+            },
+            [&](const spool::Status& s, uint64_t) { order.push_back(std::string(s.reply)); }, rs,
+            &err))
+            << err;
+        EXPECT_EQ(order, (std::vector<std::string>{"a\r\n", "451 4.7.1 later", "b\r\n", "250 ok"}));
     }
     fs::remove_all(d);
 }
