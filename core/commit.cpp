@@ -330,14 +330,13 @@ void Committer::finish_batch(bool ok) {
     } else {
         stats_.commits++;
     }
-    if (ok) {
-        current_.offset += statuses_inflight_.size();
-    } else {
+    if (!ok) {
         // The statuses were sealed with this run's salt: they are valid in any segment, so
         // they go again with the next batch rather than being lost.
         statuses_inflight_.insert(statuses_inflight_.end(), statuses_.begin(), statuses_.end());
         statuses_.swap(statuses_inflight_);
     }
+    statuses_written_ = statuses_inflight_.size();
     statuses_inflight_.clear();
     for (CommitWaiter* w : batch_) {
         if (ok) {
@@ -349,6 +348,7 @@ void Committer::finish_batch(bool ok) {
             e.dir = static_cast<uint16_t>(core_);
             e.rcpts = w->rcpts;
             queue_.add(e);
+            if (listener_) listener_(listener_ctx_, e, *w);
             current_.offset += w->builder.record_bytes();
             stats_.messages++;
             stats_.bytes += w->builder.record_bytes();
@@ -360,6 +360,9 @@ void Committer::finish_batch(bool ok) {
         w->commit_finished(ok ? smtp::CommitResult::ok : smtp::CommitResult::failed);
     }
     batch_.clear();
+    // The statuses were written after the messages of the batch.
+    if (ok) current_.offset += statuses_written_;
+    statuses_written_ = 0;
 }
 
 }  // namespace ringmail

@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -36,7 +37,9 @@ namespace ringmail {
 class CommitWaiter {
   public:
     spool::MessageBuilder builder;
-    uint16_t rcpts = 0;   // for the queue entry
+    uint16_t rcpts = 0;  // for the queue entry
+    // The recipients of the staged message (views valid until commit_finished), for delivery.
+    std::span<const spool::RcptField> rcpt_view;
     bool sealed = false;  // set by the committer
     virtual void commit_finished(smtp::CommitResult r) = 0;
 
@@ -82,6 +85,12 @@ class Committer {
     }
     [[nodiscard]] const CommitStats& stats() const { return stats_; }
     void shutdown();  // blocking close at exit
+    // Told of every message made durable, before its waiter hears of it.
+    using Listener = void (*)(void* ctx, const QueueEntry& e, const CommitWaiter& w);
+    void set_listener(Listener fn, void* ctx) {
+        listener_ = fn;
+        listener_ctx_ = ctx;
+    }
 
   private:
     struct Segment {
@@ -130,6 +139,7 @@ class Committer {
     std::vector<iovec> iov_;
     std::vector<char> statuses_;           // encoded status records for the next batch
     std::vector<char> statuses_inflight_;  // those of the batch in flight
+    size_t statuses_written_ = 0;
     uint64_t batch_bytes_ = 0;
     uint32_t batch_ops_left_ = 0;
     bool batch_ok_ = true;
@@ -141,6 +151,8 @@ class Committer {
     IoOp prep_op_{&Committer::on_prep_op, this};
     IoOp close_op_{&Committer::on_close_op, this};
     CommitStats stats_;
+    Listener listener_ = nullptr;
+    void* listener_ctx_ = nullptr;
 };
 
 }  // namespace ringmail

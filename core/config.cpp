@@ -1,6 +1,8 @@
 // config.cpp — flags with CLI11; --config FILE takes the same keys as "key = value" lines.
 #include "core/config.hpp"
 
+#include "core/scheduler.hpp"
+
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -105,6 +107,46 @@ int parse_config(int argc, char** argv, Config& c) {
     app.add_option("--staging-memory", c.staging_memory_max_bytes,
                    "bytes per thread for message text not yet committed")
         ->capture_default_str();
+    app.add_flag("!--no-delivery", c.delivery,
+                 "accept and queue only; deliver nothing (benchmarks, maintenance)");
+    app.add_option("--dns-server", c.dns_servers, "DNS server IP[:PORT] (repeatable)")
+        ->default_str("/etc/resolv.conf");
+    app.add_option("--smarthost", c.smarthost, "send everything to HOST[:PORT] instead of MX");
+    app.add_option("--delivery-port", c.delivery_port, "port of MX hosts")->capture_default_str();
+    app.add_option("--max-connections-per-destination", c.connections_per_destination_max,
+                   "concurrent connections to one destination (MX host set)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 10000u));
+    app.add_option("--max-messages-per-connection", c.messages_per_connection_max,
+                   "messages sent over one outbound connection before QUIT")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000000u));
+    app.add_option("--max-recipients-per-transaction", c.recipients_per_transaction_max,
+                   "recipients per outbound transaction (lowered to what the server allows)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, static_cast<uint32_t>(limits::job_rcpts_max)));
+    app.add_option("--retry-schedule", c.retry_schedule,
+                   "FIRST:MAX exponential retry delays, with jitter (units ms s m h d)")
+        ->capture_default_str();
+    app.add_option("--max-queue-lifetime", c.queue_lifetime,
+                   "time in the queue before a message bounces (4.4.7)")
+        ->capture_default_str();
+    app.add_option("--max-outbound-connections", c.outbound_connections_max,
+                   "outbound connections per thread")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000000u));
+    app.add_option("--timeout-connect-ms", c.timeout_connect_ms, "outbound TCP connect")
+        ->capture_default_str();
+    app.add_option("--outbound-timeout-percent", c.outbound_timeout_scale_percent,
+                   "scale of the RFC 5321 client timeouts (100: as the RFC says)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000u));
+    app.add_option("--outbound-idle-ms", c.outbound_idle_ms,
+                   "how long an idle outbound connection waits for the next message")
+        ->capture_default_str();
+    app.add_option("--max-received-headers", c.received_headers_max,
+                   "Received headers beyond which a message is a loop (5.4.6)")
+        ->capture_default_str();
     app.add_flag("!--no-fsync", c.fsync,
                  "DANGEROUS, benchmarks only: answer 250 without fdatasync");
     app.add_option("--log-level", c.log_level, "error, warn, info or debug")
@@ -138,6 +180,20 @@ int parse_config(int argc, char** argv, Config& c) {
                 static_cast<unsigned long long>(record_max));
         return 3;
     }
+    sched::RetryPolicy rp;
+    if (!sched::parse_retry_schedule(c.retry_schedule, &rp)) {
+        fprintf(stderr, "ringmail: --retry-schedule %s: expected FIRST:MAX, e.g. 5m:1h\n",
+                c.retry_schedule.c_str());
+        return 3;
+    }
+    if (!sched::parse_duration_ms(c.queue_lifetime, &c.queue_lifetime_ms) ||
+        c.queue_lifetime_ms == 0) {
+        fprintf(stderr, "ringmail: --max-queue-lifetime %s: expected a duration, e.g. 5d\n",
+                c.queue_lifetime.c_str());
+        return 3;
+    }
+    c.retry_first_ms = rp.first_ms;
+    c.retry_max_ms = rp.max_ms;
     c.listen.clear();
     for (const auto& l : listen) {
         ListenAddress a;

@@ -41,6 +41,22 @@ struct Config {
     uint32_t channel_capacity = limits::channel_capacity_default;
     uint64_t segment_bytes = limits::segment_bytes_default;
     uint64_t staging_memory_max_bytes = limits::staging_memory_max_bytes_default;
+    // Outbound delivery.
+    bool delivery = true;  // --no-delivery: accept and queue only (ingest benchmarks, holds)
+    std::vector<std::string> dns_servers;  // empty: /etc/resolv.conf
+    std::string smarthost;                 // HOST[:PORT] or [IP]:PORT; empty: MX routing
+    uint16_t delivery_port = 25;
+    uint32_t connections_per_destination_max = 20;
+    uint32_t messages_per_connection_max = 100;
+    uint32_t recipients_per_transaction_max = 100;
+    std::string retry_schedule = "5m:1h";
+    std::string queue_lifetime = "5d";
+    uint64_t retry_first_ms = 0, retry_max_ms = 0, queue_lifetime_ms = 0;  // parsed from the two
+    uint32_t outbound_connections_max = 2000;                              // per thread
+    uint32_t timeout_connect_ms = 30'000;
+    uint32_t outbound_timeout_scale_percent = 100;  // RFC 5321 §4.5.3.2 client timeouts, scaled
+    uint32_t outbound_idle_ms = 2000;               // idle reused connection before QUIT
+    uint32_t received_headers_max = 50;             // more: a mail loop, bounce 5.4.6
     bool fsync = true;  // only a benchmark may turn this off; logged loudly
     std::string log_level = "info";
 };

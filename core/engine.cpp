@@ -76,6 +76,12 @@ int Engine::run() {
         committer_ = std::make_unique<Committer>(reactor_, cfg, core_, *start_.queue);
         ok = committer_->open(start_.first_segment_seq, start_.first_id_counter, &error);
     }
+    if (ok && cfg.delivery) {
+        update_clock();
+        delivery_ = std::make_unique<Delivery>(*this, core_);
+        ok = delivery_->init(&error);
+        if (ok) committer_->set_listener(&Engine::on_committed, this);
+    }
     if (!ok) {
         LOG_ERROR("%s", error.c_str());
         shared_.failed.fetch_add(1);
@@ -97,8 +103,15 @@ int Engine::run() {
     }
     arm_tick();
     arm_stop();
+    if (delivery_ && start_.recovered) {
+        for (const auto& r : *start_.recovered)
+            delivery_->add_recovered(r);
+        start_.recovered->clear();
+        start_.recovered->shrink_to_fit();
+    }
 
-    while (!(stopping_ && open_.empty() && committer_->quiescent())) {
+    while (!(stopping_ && open_.empty() && committer_->quiescent() &&
+             (!delivery_ || delivery_->idle()))) {
         reactor_.run_once([this](uint64_t tag, int) {
             if (tag == kTagWake) drain_channels();
         });
@@ -107,6 +120,7 @@ int Engine::run() {
         for (Connection* c : starved_)
             c->resume_recv();
         starved_.clear();
+        if (delivery_) delivery_->flush();
         committer_->flush(now_us_);
         flush_outbox();
         if (stopping_ && now_ms() > stop_deadline_ms_) {
@@ -219,14 +233,21 @@ void Engine::request_permit(Connection* c) {
         c->permit(ok);
         return;
     }
-    send_to(owner, CoreMsg{CoreMsg::Kind::ip_acquire, static_cast<uint16_t>(core_), c->slot(),
-                           c->generation(), c->ip()});
+    CoreMsg m;
+    m.kind = CoreMsg::Kind::ip_acquire;
+    m.from = static_cast<uint16_t>(core_);
+    m.permit = PermitMsg{c->slot(), c->generation(), c->ip()};
+    send_to(owner, m);
 }
 
 void Engine::release_permit(const smtp::IpAddress& ip) {
     uint32_t owner = owner_of(ip);
     if (owner != core_) {
-        send_to(owner, CoreMsg{CoreMsg::Kind::ip_release, static_cast<uint16_t>(core_), 0, 0, ip});
+        CoreMsg m;
+        m.kind = CoreMsg::Kind::ip_release;
+        m.from = static_cast<uint16_t>(core_);
+        m.permit = PermitMsg{0, 0, ip};
+        send_to(owner, m);
         return;
     }
     auto it = per_ip_.find(ip);
@@ -237,23 +258,32 @@ void Engine::release_permit(const smtp::IpAddress& ip) {
 void Engine::handle(const CoreMsg& m) {
     switch (m.kind) {
         case CoreMsg::Kind::ip_acquire: {
-            bool ok = permit_local(m.ip);
-            send_to(m.from, CoreMsg{ok ? CoreMsg::Kind::ip_grant : CoreMsg::Kind::ip_deny,
-                                    static_cast<uint16_t>(core_), m.slot, m.generation, m.ip});
+            bool ok = permit_local(m.permit.ip);
+            CoreMsg r;
+            r.kind = ok ? CoreMsg::Kind::ip_grant : CoreMsg::Kind::ip_deny;
+            r.from = static_cast<uint16_t>(core_);
+            r.permit = m.permit;
+            send_to(m.from, r);
             return;
         }
         case CoreMsg::Kind::ip_release:
-            release_permit(m.ip);
+            release_permit(m.permit.ip);
+            return;
+        case CoreMsg::Kind::job:
+            if (delivery_) delivery_->handle_job(m.job);
+            return;
+        case CoreMsg::Kind::outcome:
+            if (delivery_) delivery_->handle_outcome(m.outcome);
             return;
         case CoreMsg::Kind::ip_grant:
         case CoreMsg::Kind::ip_deny: {
-            RM_ASSERT(m.slot < slots_.size());
-            Connection* c = slots_[m.slot].get();
+            RM_ASSERT(m.permit.slot < slots_.size());
+            Connection* c = slots_[m.permit.slot].get();
             bool ok = m.kind == CoreMsg::Kind::ip_grant;
-            if (c->generation() != m.generation ||
+            if (c->generation() != m.permit.generation ||
                 c->state() != Connection::State::awaiting_permit) {
                 // The connection gave up waiting (a stop); hand back what was granted.
-                if (ok) release_permit(m.ip);
+                if (ok) release_permit(m.permit.ip);
                 return;
             }
             if (!ok) stats_.refused_per_ip++;
@@ -314,12 +344,14 @@ void Engine::arm_tick() {
 void Engine::on_tick_op(void* self, int, uint32_t) {
     auto* e = static_cast<Engine*>(self);
     e->on_tick();
-    if (!(e->stopping_ && e->open_.empty())) e->arm_tick();
+    if (!(e->stopping_ && e->open_.empty() && (!e->delivery_ || e->delivery_->idle())))
+        e->arm_tick();
 }
 
 void Engine::on_tick() {
     update_clock();
     uint64_t now = now_ms();
+    if (delivery_) delivery_->on_tick();
     // Connections may leave open_ during tick(); walk a snapshot by index from the end.
     for (size_t i = open_.size(); i-- > 0;) {
         if (i < open_.size()) open_[i]->tick(now);
@@ -354,6 +386,28 @@ void Engine::begin_stop() {
     for (size_t i = open_.size(); i-- > 0;) {
         if (i < open_.size()) open_[i]->shutdown();
     }
+    if (delivery_) delivery_->stop();
+}
+
+void Engine::send_job(uint32_t core, const JobMsg& j) {
+    CoreMsg m;
+    m.kind = CoreMsg::Kind::job;
+    m.from = static_cast<uint16_t>(core_);
+    m.job = j;
+    send_to(core, m);
+}
+
+void Engine::send_outcome(uint32_t core, const OutcomeMsg& o) {
+    CoreMsg m;
+    m.kind = CoreMsg::Kind::outcome;
+    m.from = static_cast<uint16_t>(core_);
+    m.outcome = o;
+    send_to(core, m);
+}
+
+void Engine::on_committed(void* self, const QueueEntry& e, const CommitWaiter& w) {
+    auto* eng = static_cast<Engine*>(self);
+    eng->delivery_->message_committed(e, w.rcpt_view, eng->now_ms());
 }
 
 }  // namespace ringmail

@@ -12,12 +12,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
 #include "core/channel.hpp"
 #include "core/commit.hpp"
 #include "core/config.hpp"
+#include "core/delivery.hpp"
 #include "core/queue.hpp"
 #include "core/reactor.hpp"
 #include "net/relay_policy.hpp"
@@ -36,15 +38,26 @@ struct IpHash {
     }
 };
 
-// A message between cores. Trivially copyable; travels on SpscRing.
-struct CoreMsg {
-    enum class Kind : uint8_t { ip_acquire, ip_grant, ip_deny, ip_release };
-    Kind kind;
-    uint16_t from;
+// A per-address connection permit, asked of the core that owns the address.
+struct PermitMsg {
     uint32_t slot;
     uint32_t generation;
     smtp::IpAddress ip;
 };
+
+// A message between cores. Trivially copyable; travels on SpscRing.
+struct CoreMsg {
+    enum class Kind : uint8_t { ip_acquire, ip_grant, ip_deny, ip_release, job, outcome };
+    CoreMsg() : permit() {}
+    Kind kind = Kind::ip_acquire;
+    uint16_t from = 0;
+    union {
+        PermitMsg permit;
+        JobMsg job;          // recipients for a destination this core owns
+        OutcomeMsg outcome;  // a recipient's outcome, back to the message's core
+    };
+};
+static_assert(std::is_trivially_copyable_v<CoreMsg>);
 
 // What every core reads and nobody changes after start (ring_fds is filled before the
 // start barrier).
@@ -63,7 +76,8 @@ struct EngineStart {
     int stop_fd = -1;  // eventfd the main thread writes to ask for a stop
     uint64_t first_segment_seq = 0;
     uint64_t first_id_counter = 0;
-    Queue* queue = nullptr;  // filled by recovery
+    Queue* queue = nullptr;                                 // filled by recovery
+    std::vector<RecoveredQueueEntry>* recovered = nullptr;  // what delivery takes up again
 };
 
 class Engine {
@@ -87,6 +101,10 @@ class Engine {
     void connection_released(Connection* c);  // the slot is free again
     void release_permit(const smtp::IpAddress& ip);
     void recv_starved(Connection* c);
+    [[nodiscard]] uint32_t cores() const { return ncores_; }
+    void send_job(uint32_t core, const JobMsg& j);
+    void send_outcome(uint32_t core, const OutcomeMsg& o);
+    [[nodiscard]] Delivery* delivery() { return delivery_.get(); }
 
     struct Stats {
         uint64_t accepted = 0;
@@ -129,6 +147,8 @@ class Engine {
     EngineStart start_;
     Reactor reactor_;
     std::unique_ptr<Committer> committer_;
+    std::unique_ptr<Delivery> delivery_;
+    static void on_committed(void* self, const QueueEntry& e, const CommitWaiter& w);
 
     std::vector<std::unique_ptr<AcceptOp>> accept_ops_;
     std::vector<std::unique_ptr<Connection>> slots_;

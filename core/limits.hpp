@@ -36,6 +36,10 @@ inline constexpr uint32_t recv_buffer_count_default = 2048;  // per core; power 
 inline constexpr uint32_t channel_capacity_default = 4096;   // per core pair; power of two
 inline constexpr uint32_t session_output_bytes = 4096;       // replies buffered per session
 
+// --- Delivery --------------------------------------------------------------------------------
+inline constexpr size_t job_rcpts_max = 128;           // recipients in one cross-core job
+inline constexpr size_t outcome_text_max_bytes = 300;  // remote reply kept per outcome
+
 // --- Spool -----------------------------------------------------------------------------------
 inline constexpr uint64_t segment_bytes_default = 64ull << 20;
 inline constexpr uint32_t staging_chunk_bytes = 16384;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace ringmail {
@@ -17,6 +18,20 @@ struct QueueEntry {
     uint32_t record_bytes = 0;
     uint16_t dir = 0;  // spool core directory that holds the segment
     uint16_t rcpts = 0;
+};
+
+// A message found by recovery, with what delivery needs to take it up again: its recipients'
+// domains and, per recipient, the state its status records left it in.
+struct RecoveredRcpt {
+    std::string domain;
+    uint8_t state = 0;  // 0 pending, 1 delivered, 2 bounced (sched::RcptState)
+    uint16_t attempts = 0;
+    int64_t next_attempt_unix_us = 0;
+};
+struct RecoveredQueueEntry {
+    QueueEntry entry;
+    int64_t arrival_unix_us = 0;
+    std::vector<RecoveredRcpt> rcpts;
 };
 
 class Queue {

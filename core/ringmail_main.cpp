@@ -8,16 +8,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <unordered_map>
 
 #include "core/config.hpp"
 #include "core/engine.hpp"
 #include "core/log.hpp"
 #include "net/listener.hpp"
 #include "spool/recovery.hpp"
+#include "spool/status.hpp"
 
 using namespace ringmail;
 
@@ -50,14 +53,28 @@ std::vector<uint32_t> core_dirs(const std::string& spool) {
 
 struct Recovered {
     std::vector<Queue> queues;
-    std::vector<uint64_t> next_segment_seq;  // per core directory we write to
+    std::vector<std::vector<RecoveredQueueEntry>> pending;  // per core: messages not yet final
+    std::vector<uint64_t> next_segment_seq;                 // per core directory we write to
     uint64_t max_id = 0;
 };
 
 bool recover(const Config& cfg, Recovered& out) {
     auto t0 = std::chrono::steady_clock::now();
     out.queues.resize(cfg.threads);
+    out.pending.resize(cfg.threads);
     out.next_segment_seq.assign(cfg.threads, 1);
+    // Where each recovered message went (core, index), and every status record seen: status
+    // records may sit in another directory than their message (a core that adopted a
+    // directory writes them in its own), so they are applied once everything is read.
+    std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> where;
+    struct SeenStatus {
+        uint64_t id;
+        uint16_t rcpt;
+        spool::StatusState state;
+        uint16_t attempts;
+        int64_t at_unix_us, next_attempt_unix_us;
+    };
+    std::vector<SeenStatus> statuses;
     std::string quarantine = cfg.spool_dir + "/quarantine";
     if (!make_dirs(quarantine)) {
         LOG_ERROR("cannot create %s: %s", quarantine.c_str(), strerror(errno));
@@ -82,6 +99,22 @@ bool recover(const Config& cfg, Recovered& out) {
                 e.dir = static_cast<uint16_t>(dir);
                 e.rcpts = static_cast<uint16_t>(std::min<size_t>(m.message->rcpts.size(), 65535));
                 q.add(e);
+                uint32_t core = dir % cfg.threads;
+                RecoveredQueueEntry r;
+                r.entry = e;
+                r.arrival_unix_us = m.message->arrival_unix_us;
+                for (const auto& rc : m.message->rcpts) {
+                    size_t at = rc.address.rfind('@');
+                    r.rcpts.push_back(RecoveredRcpt{std::string(at == std::string_view::npos
+                                                                    ? std::string_view()
+                                                                    : rc.address.substr(at + 1))});
+                }
+                where[e.id] = {core, static_cast<uint32_t>(out.pending[core].size())};
+                out.pending[core].push_back(std::move(r));
+            },
+            [&](const spool::Status& s, uint64_t) {
+                statuses.push_back(SeenStatus{s.message_id, s.rcpt, s.state, s.attempts,
+                                              s.at_unix_us, s.next_attempt_unix_us});
             },
             st, &err);
         if (!ok) {
@@ -96,15 +129,46 @@ bool recover(const Config& cfg, Recovered& out) {
         total.torn_tails += st.torn_tails;
         total.quarantined += st.quarantined;
     }
+    // Apply the statuses in the order they were written; a final state is never undone.
+    std::stable_sort(
+        statuses.begin(), statuses.end(),
+        [](const SeenStatus& a, const SeenStatus& b) { return a.at_unix_us < b.at_unix_us; });
+    for (const SeenStatus& s : statuses) {
+        auto it = where.find(s.id);
+        if (it == where.end()) continue;  // its message is gone (its segment was deleted)
+        RecoveredQueueEntry& r = out.pending[it->second.first][it->second.second];
+        if (s.rcpt >= r.rcpts.size()) continue;
+        RecoveredRcpt& rc = r.rcpts[s.rcpt];
+        if (rc.state != 0) continue;
+        rc.attempts = s.attempts;
+        if (s.state == spool::StatusState::delivered) rc.state = 1;
+        if (s.state == spool::StatusState::bounced || s.state == spool::StatusState::expired)
+            rc.state = 2;
+        if (s.state == spool::StatusState::deferred)
+            rc.next_attempt_unix_us = s.next_attempt_unix_us;
+    }
+    uint64_t final_messages = 0;
+    for (auto& v : out.pending) {
+        size_t before = v.size();
+        v.erase(std::remove_if(v.begin(), v.end(),
+                               [](const RecoveredQueueEntry& r) {
+                                   for (const auto& rc : r.rcpts)
+                                       if (rc.state == 0) return false;
+                                   return true;
+                               }),
+                v.end());
+        final_messages += before - v.size();
+    }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     LOG_INFO(
         "spool recovered: %llu messages in %llu segments (%llu bytes), %llu torn tails "
-        "dropped, %llu corrupt records quarantined, in %.3f s",
+        "dropped, %llu corrupt records quarantined, %llu already delivered or bounced, in %.3f s",
         static_cast<unsigned long long>(total.messages),
         static_cast<unsigned long long>(total.segments),
         static_cast<unsigned long long>(total.bytes),
         static_cast<unsigned long long>(total.torn_tails),
-        static_cast<unsigned long long>(total.quarantined), secs);
+        static_cast<unsigned long long>(total.quarantined),
+        static_cast<unsigned long long>(final_messages), secs);
     return true;
 }
 
@@ -192,6 +256,7 @@ int main(int argc, char** argv) {
         st.first_segment_seq = rec.next_segment_seq[i];
         st.first_id_counter = first_counter;
         st.queue = &rec.queues[i];
+        st.recovered = &rec.pending[i];
         engines.push_back(std::make_unique<Engine>(i, shared, std::move(st)));
     }
     std::vector<int> results(cfg.threads, 0);

@@ -232,30 +232,4 @@ void MessageTable::remove(MessageRef m) {
     live_--;
 }
 
-// --- DestinationQueue ------------------------------------------------------------------------
-
-bool DestinationQueue::wants_connection(uint64_t now_ms) const {
-    return ready() > starting_ && connections_ < limits_.connections_max &&
-           now_ms >= backoff_until_ms_;
-}
-
-bool DestinationQueue::next(uint32_t sent, Job* out) {
-    if (sent >= limits_.messages_per_connection || ready() == 0) return false;
-    *out = ready_[head_++];
-    if (head_ == ready_.size()) {
-        ready_.clear();  // keeps capacity
-        head_ = 0;
-    } else if (head_ > 1024 && head_ * 2 > ready_.size()) {
-        ready_.erase(ready_.begin(), ready_.begin() + static_cast<long>(head_));
-        head_ = 0;
-    }
-    return true;
-}
-
-void DestinationQueue::drain(std::vector<Job>& out) {
-    out.insert(out.end(), ready_.begin() + static_cast<long>(head_), ready_.end());
-    ready_.clear();
-    head_ = 0;
-}
-
 }  // namespace ringmail::sched

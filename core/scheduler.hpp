@@ -149,15 +149,20 @@ struct Job {
     uint32_t rcpt_count;
 };
 
-class DestinationQueue {
+// Jobs of one destination; J is the job type (the engine's carries the recipient list).
+template <typename J>
+class BasicDestinationQueue {
   public:
-    explicit DestinationQueue(const DestinationLimits& l) : limits_(l) {}
+    explicit BasicDestinationQueue(const DestinationLimits& l) : limits_(l) {}
 
-    void push(const Job& j) { ready_.push_back(j); }
+    void push(const J& j) { ready_.push_back(j); }
     [[nodiscard]] size_t ready() const { return ready_.size() - head_; }
-    // Whether one more connection should be opened now: work waits, we are under the limit,
-    // and the destination is not backing off.
-    [[nodiscard]] bool wants_connection(uint64_t now_ms) const;
+    // Whether one more connection should be opened now: work waits that the connections on
+    // their way will not take, we are under the limit, and the destination is not resting.
+    [[nodiscard]] bool wants_connection(uint64_t now_ms) const {
+        return ready() > starting_ && connections_ < limits_.connections_max &&
+               now_ms >= backoff_until_ms_;
+    }
     void connection_opened() {
         connections_++;
         starting_++;
@@ -169,21 +174,38 @@ class DestinationQueue {
     }
     [[nodiscard]] uint32_t connections() const { return connections_; }
     // Next job for a connection that has sent `sent` messages; false: close the connection.
-    [[nodiscard]] bool next(uint32_t sent, Job* out);
-    // Every host of the destination failed: no new connection until now + delay.
+    [[nodiscard]] bool next(uint32_t sent, J* out) {
+        if (sent >= limits_.messages_per_connection || ready() == 0) return false;
+        *out = ready_[head_++];
+        if (head_ == ready_.size()) {
+            ready_.clear();  // keeps its capacity
+            head_ = 0;
+        } else if (head_ > 1024 && head_ * 2 > ready_.size()) {
+            ready_.erase(ready_.begin(), ready_.begin() + static_cast<long>(head_));
+            head_ = 0;
+        }
+        return true;
+    }
+    // Every host of the destination failed: no new connection until then.
     void back_off(uint64_t until_ms) { backoff_until_ms_ = until_ms; }
     [[nodiscard]] uint64_t backoff_until_ms() const { return backoff_until_ms_; }
     // Jobs still waiting (to hand back as deferred when the destination backs off).
-    void drain(std::vector<Job>& out);
+    void drain(std::vector<J>& out) {
+        out.insert(out.end(), ready_.begin() + static_cast<long>(head_), ready_.end());
+        ready_.clear();
+        head_ = 0;
+    }
     [[nodiscard]] const DestinationLimits& limits() const { return limits_; }
 
   private:
     DestinationLimits limits_;
-    std::vector<Job> ready_;
+    std::vector<J> ready_;
     size_t head_ = 0;
     uint32_t connections_ = 0;
     uint32_t starting_ = 0;  // opened, not yet taking jobs
     uint64_t backoff_until_ms_ = 0;
 };
+
+using DestinationQueue = BasicDestinationQueue<Job>;
 
 }  // namespace ringmail::sched

@@ -34,6 +34,7 @@ class SpoolReader {
         void (*done)(Read* r, int err) = nullptr;  // err 0: buf holds the whole record
         void* user = nullptr;
         int fd = -1;
+        uint64_t salt = 0;  // of the segment: to verify the record with spool::decode_record
     };
 
     SpoolReader(Reactor& reactor, std::string spool_dir, uint32_t fds_max = 64);
@@ -48,12 +49,13 @@ class SpoolReader {
 
   private:
     static void on_read(void* self, int res, uint32_t flags);
-    int fd_for(uint16_t dir, uint64_t seq);
+    int fd_for(uint16_t dir, uint64_t seq, uint64_t* salt);
 
     struct Open {
         uint16_t dir;
         uint64_t seq;
         int fd;
+        uint64_t salt;
         uint64_t used;
     };
     Reactor& reactor_;

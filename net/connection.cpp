@@ -328,6 +328,7 @@ smtp::MessageSink::Start Connection::message_begin(const smtp::Envelope& env) {
     uint64_t id = c.next_id();
     if (!builder.begin(c.pool(), id, realtime_us(), f)) return {};
     in_message_ = true;
+    rcpt_view = rcpt_fields_;
     rcpts = static_cast<uint16_t>(std::min<size_t>(env.rcpts.size(), UINT16_MAX));
     return {id, engine_.unix_time_s()};
 }

@@ -180,7 +180,8 @@ TlsSession::TlsSession(const TlsContext& ctx, std::string_view server_name,
         if (wolfSSL_UseSNI(ssl_, WOLFSSL_SNI_HOST_NAME, name,
                            static_cast<unsigned short>(server_name.size())) != WOLFSSL_SUCCESS ||
             wolfSSL_check_domain_name(ssl_, name) != WOLFSSL_SUCCESS) {
-            set_error(-1);
+            failed_ = true;
+            std::snprintf(error_, sizeof error_, "cannot set the server name");
         }
     }
     // A stale or foreign session is not an error: the handshake simply runs in full.
@@ -218,7 +219,9 @@ int TlsSession::on_send(WOLFSSL*, char* buf, int sz, void* ctx) noexcept {
     return static_cast<int>(n);
 }
 
-size_t TlsSession::input_room() const noexcept { return sizeof(in_) - (in_end_ - in_begin_); }
+size_t TlsSession::input_room() const noexcept {
+    return sizeof(in_) - (in_end_ - in_begin_);
+}
 
 size_t TlsSession::feed_ciphertext(std::string_view in) noexcept {
     if (in_begin_ != 0) {
@@ -270,6 +273,20 @@ TlsIo TlsSession::read_plaintext(char* buf, size_t n) noexcept {
     return {0, classify(ret)};
 }
 
+// The largest prefix of `want` bytes whose record fits `room`; 0 if none does.
+size_t TlsSession::chunk_fitting(size_t want, size_t room) noexcept {
+    const int max_frag = wolfSSL_GetMaxOutputSize(ssl_);
+    require(max_frag > 0, "wolfSSL_GetMaxOutputSize after the handshake");
+    const int overhead = wolfSSL_GetOutputSize(ssl_, max_frag) - max_frag;
+    require(overhead >= 0, "negative TLS record overhead");
+    if (room <= static_cast<size_t>(overhead)) return 0;
+    size_t chunk = std::min({want, static_cast<size_t>(max_frag), room - overhead});
+    // CBC padding can make a short record's overhead exceed the full record's by a block.
+    while (chunk > 0 && static_cast<size_t>(wolfSSL_GetOutputSize(ssl_, chunk)) > room)
+        --chunk;
+    return chunk;
+}
+
 TlsIo TlsSession::write_plaintext(std::string_view data) noexcept {
     if (ssl_ == nullptr || failed_) return {0, TlsStatus::failed};
     if (!handshake_done_) {
@@ -277,29 +294,28 @@ TlsIo TlsSession::write_plaintext(std::string_view data) noexcept {
         if (s != TlsStatus::done) return {0, s};
     }
     if (data.empty()) return {0, TlsStatus::done};
-    // Encrypt only what fits the output buffer as whole records, so wolfSSL never holds a
-    // half-sent record of ours (its write would then demand a retry with the same bytes).
-    const int max_frag = wolfSSL_GetMaxOutputSize(ssl_);
-    require(max_frag > 0, "wolfSSL_GetMaxOutputSize after the handshake");
-    const int overhead = wolfSSL_GetOutputSize(ssl_, max_frag) - max_frag;
-    require(overhead >= 0, "negative TLS record overhead");
     if (out_begin_ != 0) {
         const size_t pending = out_end_ - out_begin_;
         std::memmove(out_, out_ + out_begin_, pending);
         out_begin_ = 0;
         out_end_ = pending;
     }
-    const size_t room = sizeof(out_) - out_end_;
-    if (room <= static_cast<size_t>(overhead)) return {0, TlsStatus::want_more};
-    size_t chunk = std::min({data.size(), static_cast<size_t>(max_frag), room - overhead});
-    // CBC padding can make a short record's overhead exceed the full record's by a block.
-    while (chunk > 0 && static_cast<size_t>(wolfSSL_GetOutputSize(ssl_, chunk)) > room)
-        --chunk;
+    // Encrypt only what fits the output buffer as whole records, so wolfSSL normally never
+    // holds a half-sent record of ours. It still can when it first flushes bytes of its own
+    // (say a KeyUpdate answer queued while the buffer was full): then the write reports
+    // WANT_WRITE and, like OpenSSL, must be retried with the same bytes — the driver retries
+    // from the same offset, and pending_write_ makes us pass the same length.
+    size_t chunk = pending_write_;
+    if (chunk == 0) chunk = chunk_fitting(data.size(), sizeof(out_) - out_end_);
     if (chunk == 0) return {0, TlsStatus::want_more};
+    require(data.size() >= chunk, "write_plaintext retried with fewer bytes than before");
     const int ret = wolfSSL_write(ssl_, data.data(), static_cast<int>(chunk));
-    if (ret > 0) return {static_cast<size_t>(ret), TlsStatus::done};
+    if (ret > 0) {
+        pending_write_ = 0;
+        return {static_cast<size_t>(ret), TlsStatus::done};
+    }
     const TlsStatus s = classify(ret);
-    require(s != TlsStatus::want_more, "wolfSSL_write wanted I/O although the record fit");
+    if (s == TlsStatus::want_more) pending_write_ = chunk;
     return {0, s};
 }
 
@@ -330,7 +346,12 @@ std::string_view TlsSession::version() const noexcept {
 
 std::string_view TlsSession::cipher() const noexcept {
     if (ssl_ == nullptr) return {};
-    const char* c = wolfSSL_CIPHER_get_name(wolfSSL_get_current_cipher(ssl_));
+    // IANA names (RFC 8446 §B.4, the TLS registry): the same string whatever library the
+    // peer or a log reader knows, unlike wolfSSL's own "TLS13-AES128-GCM-SHA256".
+    const int suite = wolfSSL_get_current_cipher_suite(ssl_);
+    if (suite < 0) return {};
+    const char* c = wolfSSL_get_cipher_name_iana_from_suite(static_cast<unsigned char>(suite >> 8),
+                                                            static_cast<unsigned char>(suite));
     return c != nullptr ? std::string_view(c) : std::string_view();
 }
 

@@ -132,6 +132,7 @@ class TlsSession {
     // Plaintext received: bytes > 0 with done; 0 with want_more, closed or failed.
     [[nodiscard]] TlsIo read_plaintext(char* buf, size_t n) noexcept;
     // Encrypts a prefix of `data` that fits the output buffer; 0 + want_more when it is full.
+    // After want_more, call again (once output was sent) starting with the same bytes.
     [[nodiscard]] TlsIo write_plaintext(std::string_view data) noexcept;
     // Queues a close_notify alert (RFC 8446 §6.1). Does not wait for the peer's.
     [[nodiscard]] TlsStatus close_notify() noexcept;
@@ -139,7 +140,7 @@ class TlsSession {
     [[nodiscard]] std::string_view ciphertext_output() const noexcept;
     void ciphertext_sent(size_t n) noexcept;
 
-    // Valid after the handshake: "TLSv1.3", "TLS_AES_128_GCM_SHA256", 128.
+    // Valid after the handshake: "TLSv1.3", "TLS_AES_128_GCM_SHA256" (IANA name), 128.
     [[nodiscard]] std::string_view version() const noexcept;
     [[nodiscard]] std::string_view cipher() const noexcept;
     [[nodiscard]] int cipher_bits() const noexcept;
@@ -158,12 +159,14 @@ class TlsSession {
     static int on_send(WOLFSSL* ssl, char* buf, int sz, void* ctx) noexcept;
 
     [[nodiscard]] TlsStatus classify(int ret) noexcept;
+    [[nodiscard]] size_t chunk_fitting(size_t want, size_t room) noexcept;
     void set_error(int code) noexcept;
 
     WOLFSSL* ssl_ = nullptr;
     bool handshake_done_ = false;
     bool failed_ = false;
     int error_code_ = 0;
+    size_t pending_write_ = 0;  // bytes of a write wolfSSL holds half-sent (retry needed)
     size_t in_begin_ = 0;
     size_t in_end_ = 0;
     size_t out_begin_ = 0;

@@ -202,7 +202,7 @@ class RawClient:
 class Daemon:
     """One ringmail process (restartable on the same port and spool)."""
 
-    def __init__(self, workdir, args, greet_delay_ms, port=None, spool_dir=None):
+    def __init__(self, workdir, args, greet_delay_ms, port=None, spool_dir=None, delivery=False):
         if not os.access(RINGMAIL_BIN, os.X_OK):
             pytest.fail(f"ringmail binary not found at {RINGMAIL_BIN!r} (set RINGMAIL_BIN)")
         if not os.access(SPOOL_BIN, os.X_OK):
@@ -213,6 +213,9 @@ class Daemon:
         self.spool_dir = spool_dir or os.path.join(workdir, "spool")
         self.args = list(args)
         self.greet_delay_ms = greet_delay_ms
+        # Delivery off unless a test asks for it: mail to test domains must never make the
+        # relay ask the machine's own DNS servers (only loopback traffic is allowed here).
+        self.delivery = delivery
         self.proc = None
         self.lives = 0
         self.log_path = None
@@ -224,6 +227,8 @@ class Daemon:
                self.spool_dir, "--hostname", HOSTNAME]
         if self.greet_delay_ms is not None:
             cmd += ["--greet-delay-ms", str(self.greet_delay_ms)]
+        if not self.delivery:
+            cmd += ["--no-delivery"]
         return cmd + self.args
 
     def start(self):
@@ -376,10 +381,10 @@ def ringmail_factory(tmp_path):
     at teardown."""
     daemons = []
 
-    def make(*args, greet_delay_ms=0, spool_dir=None):
+    def make(*args, greet_delay_ms=0, spool_dir=None, delivery=False):
         workdir = tmp_path / f"d{len(daemons)}"
         workdir.mkdir()
-        d = Daemon(str(workdir), args, greet_delay_ms, spool_dir=spool_dir)
+        d = Daemon(str(workdir), args, greet_delay_ms, spool_dir=spool_dir, delivery=delivery)
         daemons.append(d)
         return d.start()
 

@@ -1,0 +1,496 @@
+// delivery.cpp — see delivery.hpp.
+#include "core/delivery.hpp"
+
+#include <arpa/inet.h>
+#include <poll.h>
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+
+#include "core/engine.hpp"
+#include "core/log.hpp"
+#include "net/outbound.hpp"
+#include "spool/status.hpp"
+
+namespace ringmail {
+namespace {
+
+int64_t realtime_us() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return int64_t{ts.tv_sec} * 1000000 + ts.tv_nsec / 1000;
+}
+
+std::string_view domain_of(std::string_view address) {
+    size_t at = address.rfind('@');
+    return at == std::string_view::npos ? std::string_view() : address.substr(at + 1);
+}
+
+const char* outcome_name(sched::RcptState s, bool expired) {
+    if (expired) return "expired";
+    switch (s) {
+        case sched::RcptState::delivered:
+            return "delivered";
+        case sched::RcptState::bounced:
+            return "bounced";
+        default:
+            return "deferred";
+    }
+}
+
+}  // namespace
+
+struct Delivery::Dispatch {
+    sched::MessageRef ref;
+    uint32_t domain;
+    std::vector<uint32_t> rcpts;
+    Delivery* owner;
+};
+
+struct Delivery::Waiting {
+    JobMsg job;
+    Delivery* owner;
+};
+
+Delivery::Delivery(Engine& engine, uint32_t core)
+    : engine_(engine),
+      core_(core),
+      config_(engine.config()),
+      table_([&] {
+          sched::RetryPolicy p;
+          p.first_ms = engine.config().retry_first_ms;
+          p.max_ms = engine.config().retry_max_ms;
+          p.lifetime_ms = engine.config().queue_lifetime_ms;
+          return p;
+      }()),
+      reader_(engine.reactor(), engine.config().spool_dir) {
+    limits_.connections_max = config_.connections_per_destination_max;
+    limits_.messages_per_connection = config_.messages_per_connection_max;
+    limits_.rcpts_per_transaction = config_.recipients_per_transaction_max;
+    client_settings_.helo_name = config_.hostname;
+    client_settings_.max_recipients_per_transaction = config_.recipients_per_transaction_max;
+    while (getrandom(&rng_, sizeof rng_, 0) != sizeof rng_) {
+    }
+}
+
+Delivery::~Delivery() = default;
+
+uint64_t Delivery::random() {
+    rng_ ^= rng_ << 13;
+    rng_ ^= rng_ >> 7;
+    rng_ ^= rng_ << 17;
+    return rng_;
+}
+
+bool Delivery::init(std::string* error) {
+    dns::DnsConfig dc;
+    dc.servers = config_.dns_servers;
+    std::vector<smtp::IpAddress> listen;
+    for (const auto& l : config_.listen)
+        if (auto ip = smtp::IpAddress::parse(l.host)) listen.push_back(*ip);
+    if (!resolver_.init(dc, dns::OwnAddresses(listen, dns::OwnAddresses::interface_addresses()),
+                        error))
+        return false;
+    resolver_ok_ = true;
+    arm_dns_poll();
+    return true;
+}
+
+void Delivery::arm_dns_poll() {
+    io_uring_sqe* s = engine_.reactor().sqe(dns_op_);
+    io_uring_prep_poll_multishot(s, resolver_.fd(), POLLIN);
+    dns_armed_ = true;
+}
+
+void Delivery::on_dns_readable(void* self, int res, uint32_t flags) {
+    auto* d = static_cast<Delivery*>(self);
+    if (!(flags & IORING_CQE_F_MORE)) d->dns_armed_ = false;
+    if (res >= 0) d->resolver_.on_readable(d->engine_.now_ms());
+    if (!d->dns_armed_ && !d->stopping_) d->arm_dns_poll();
+}
+
+// --- domains of queued recipients, interned per core --------------------------------------
+
+uint32_t Delivery::intern_domain(std::string_view d) {
+    std::string key(d);
+    for (char& c : key)
+        c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+    auto it = domain_ids_.find(key);
+    if (it != domain_ids_.end()) {
+        domain_refs_[it->second]++;
+        return it->second;
+    }
+    uint32_t id;
+    if (!domain_free_.empty()) {
+        id = domain_free_.back();
+        domain_free_.pop_back();
+        domain_names_[id] = key;
+        domain_refs_[id] = 1;
+    } else {
+        id = static_cast<uint32_t>(domain_names_.size());
+        domain_names_.push_back(key);
+        domain_refs_.push_back(1);
+    }
+    domain_ids_.emplace(std::move(key), id);
+    return id;
+}
+
+void Delivery::release_domain(uint32_t id) {
+    RM_ASSERT(domain_refs_[id] > 0);
+    if (--domain_refs_[id] > 0) return;
+    domain_ids_.erase(domain_names_[id]);
+    domain_names_[id].clear();
+    domain_free_.push_back(id);
+}
+
+// --- the origin side ---------------------------------------------------------------------
+
+void Delivery::message_committed(const QueueEntry& e, std::span<const spool::RcptField> rcpts,
+                                 uint64_t arrival_ms) {
+    sched::MessageRef m =
+        table_.add(e.id, arrival_ms, static_cast<uint32_t>(rcpts.size()), engine_.now_ms());
+    if (held_.size() <= m.index) held_.resize(m.index + 1);
+    Held& h = held_[m.index];
+    h.at = RecordLocation{e.dir, e.segment_seq, e.offset, e.record_bytes};
+    h.id = e.id;
+    h.inflight = 0;
+    h.domains.clear();
+    for (const auto& r : rcpts)
+        h.domains.push_back(intern_domain(domain_of(r.address)));
+}
+
+void Delivery::add_recovered(const RecoveredQueueEntry& r) {
+    uint64_t now = engine_.now_ms();
+    int64_t real = realtime_us();
+    auto to_mono = [&](int64_t unix_us) -> uint64_t {
+        int64_t ago_ms = (real - unix_us) / 1000;
+        return ago_ms >= static_cast<int64_t>(now) ? 0 : now - static_cast<uint64_t>(ago_ms);
+    };
+    uint64_t arrival = to_mono(r.arrival_unix_us);
+    sched::MessageRef m =
+        table_.add(r.entry.id, arrival, static_cast<uint32_t>(r.rcpts.size()), now);
+    if (held_.size() <= m.index) held_.resize(m.index + 1);
+    Held& h = held_[m.index];
+    h.at = RecordLocation{r.entry.dir, r.entry.segment_seq, r.entry.offset, r.entry.record_bytes};
+    h.id = r.entry.id;
+    h.inflight = 0;
+    h.domains.clear();
+    for (uint32_t i = 0; i < r.rcpts.size(); i++) {
+        const RecoveredRcpt& rr = r.rcpts[i];
+        h.domains.push_back(intern_domain(rr.domain));
+        auto st = static_cast<sched::RcptState>(rr.state);
+        uint64_t next = rr.next_attempt_unix_us ? to_mono(rr.next_attempt_unix_us) : now;
+        if (st != sched::RcptState::pending || rr.attempts > 0)
+            table_.restore(m, i, st, rr.attempts, std::max(next, now));
+    }
+    if (table_.final(m)) finish_message(m);
+}
+
+void Delivery::dispatch_due() {
+    if (stopping_ || !resolver_ok_) return;
+    due_.clear();
+    table_.take_due(engine_.now_ms(), due_);
+    for (sched::MessageRef m : due_)
+        dispatch(m);
+}
+
+void Delivery::dispatch(sched::MessageRef m) {
+    if (!table_.valid(m)) return;
+    rcpts_.clear();
+    table_.due_rcpts(m, engine_.now_ms(), rcpts_);
+    if (rcpts_.empty()) return;
+    Held& h = held_[m.index];
+    h.inflight += static_cast<uint32_t>(rcpts_.size());
+    std::sort(rcpts_.begin(), rcpts_.end(),
+              [&](uint32_t a, uint32_t b) { return h.domains[a] < h.domains[b]; });
+    size_t i = 0;
+    while (i < rcpts_.size()) {
+        uint32_t dom = h.domains[rcpts_[i]];
+        std::unique_ptr<Dispatch> d;
+        if (!dispatch_free_.empty()) {
+            d = std::move(dispatch_free_.back());
+            dispatch_free_.pop_back();
+        } else {
+            d = std::make_unique<Dispatch>();
+        }
+        d->ref = m;
+        d->domain = dom;
+        d->owner = this;
+        d->rcpts.clear();
+        while (i < rcpts_.size() && h.domains[rcpts_[i]] == dom)
+            d->rcpts.push_back(rcpts_[i++]);
+        Dispatch* raw = d.release();
+        if (!config_.smarthost.empty()) {
+            auto sh = dns::parse_smarthost(config_.smarthost);
+            RM_ASSERT(sh);
+            resolver_.resolve_smarthost(*sh, engine_.now_ms(), &Delivery::on_resolved, raw);
+        } else {
+            resolver_.resolve_destination(domain_names_[dom], engine_.now_ms(),
+                                          &Delivery::on_resolved, raw);
+        }
+    }
+}
+
+void Delivery::on_resolved(void* ctx, const dns::ResolutionPtr& r) {
+    auto* d = static_cast<Dispatch*>(ctx);
+    d->owner->resolved(d, r);
+}
+
+void Delivery::resolved(Dispatch* d, const dns::ResolutionPtr& r) {
+    std::unique_ptr<Dispatch> keep(d);
+    sched::MessageRef m = d->ref;
+    if (table_.valid(m)) {
+        if (r->outcome == dns::Outcome::ok) {
+            const Held& h = held_[m.index];
+            uint32_t owner = static_cast<uint32_t>(r->destination_hash % engine_.cores());
+            JobMsg j{};
+            j.ref = m;
+            j.message_id = h.id;
+            j.dest_hash = r->destination_hash;
+            j.at = h.at;
+            j.origin = static_cast<uint16_t>(core_);
+            std::string_view dom = domain_names_[d->domain];
+            j.domain_len = static_cast<uint8_t>(std::min<size_t>(dom.size(), sizeof j.domain));
+            memcpy(j.domain, dom.data(), j.domain_len);
+            size_t per = std::min<size_t>(limits_.rcpts_per_transaction, limits::job_rcpts_max);
+            for (size_t i = 0; i < d->rcpts.size(); i += per) {
+                j.rcpt_count = static_cast<uint16_t>(std::min(per, d->rcpts.size() - i));
+                for (uint16_t k = 0; k < j.rcpt_count; k++)
+                    j.rcpts[k] = static_cast<uint16_t>(d->rcpts[i + k]);
+                send_job(owner, j);
+            }
+        } else {
+            std::string text = std::string(r->status) + " " + r->text;
+            auto o = r->outcome == dns::Outcome::bounce ? sched::Outcome::bounced
+                                                        : sched::Outcome::deferred;
+            for (uint32_t rc : d->rcpts)
+                apply(m, rc, o, text, "");
+        }
+    }
+    dispatch_free_.push_back(std::move(keep));
+}
+
+void Delivery::send_job(uint32_t owner, const JobMsg& j) {
+    if (owner == core_) {
+        handle_job(j);
+        return;
+    }
+    engine_.send_job(owner, j);
+}
+
+void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::string_view text,
+                      std::string_view remote) {
+    if (job.origin == core_) {
+        if (table_.valid(job.ref) && table_.id(job.ref) == job.message_id)
+            apply(job.ref, rcpt, o, text, remote);
+        return;
+    }
+    OutcomeMsg m{};
+    m.ref = job.ref;
+    m.message_id = job.message_id;
+    m.rcpt = rcpt;
+    m.outcome = o;
+    m.text_len = static_cast<uint16_t>(std::min(text.size(), sizeof m.text));
+    memcpy(m.text, text.data(), m.text_len);
+    m.remote_len = static_cast<uint8_t>(std::min(remote.size(), sizeof m.remote));
+    memcpy(m.remote, remote.data(), m.remote_len);
+    engine_.send_outcome(job.origin, m);
+}
+
+void Delivery::handle_outcome(const OutcomeMsg& o) {
+    if (!table_.valid(o.ref) || table_.id(o.ref) != o.message_id) return;
+    apply(o.ref, o.rcpt, o.outcome, std::string_view(o.text, o.text_len),
+          std::string_view(o.remote, o.remote_len));
+}
+
+// One recipient's outcome: the table decides, the spool records it, the log says it.
+void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
+                     std::string_view remote) {
+    Held& h = held_[m.index];
+    uint64_t now = engine_.now_ms();
+    sched::Decision d = table_.outcome(m, rcpt, o, now, random());
+    if (h.inflight > 0) h.inflight--;
+    spool::Status st;
+    st.message_id = h.id;
+    st.rcpt = static_cast<uint16_t>(rcpt);
+    st.attempts = static_cast<uint16_t>(table_.attempts(m, rcpt));
+    st.at_unix_us = realtime_us();
+    st.remote = remote;
+    st.reply = text;
+    switch (d.state) {
+        case sched::RcptState::delivered:
+            st.state = spool::StatusState::delivered;
+            stats_.delivered++;
+            break;
+        case sched::RcptState::bounced:
+            st.state = d.expired ? spool::StatusState::expired : spool::StatusState::bounced;
+            (d.expired ? stats_.expired : stats_.bounced)++;
+            break;
+        case sched::RcptState::pending:
+            st.state = spool::StatusState::deferred;
+            st.next_attempt_unix_us =
+                st.at_unix_us + static_cast<int64_t>(d.next_attempt_ms - now) * 1000;
+            stats_.deferred++;
+            break;
+    }
+    engine_.committer().append_status(st);
+    char qid[16];
+    smtp::format_queue_id(h.id, qid);
+    LOG_INFO("delivery id=%.16s rcpt=%u domain=%s relay=%.*s status=%s attempts=%u reply=\"%.*s\"",
+             qid, rcpt, domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()),
+             remote.data(), outcome_name(d.state, d.expired), st.attempts,
+             static_cast<int>(text.size()), text.data());
+    if (table_.final(m) && h.inflight == 0) finish_message(m);
+}
+
+void Delivery::finish_message(sched::MessageRef m) {
+    Held& h = held_[m.index];
+    for (uint32_t dom : h.domains)
+        release_domain(dom);
+    h.domains.clear();
+    table_.remove(m);
+}
+
+// --- the destination side ----------------------------------------------------------------
+
+void Delivery::handle_job(const JobMsg& j) {
+    auto it = destinations_.find(j.dest_hash);
+    uint64_t now = engine_.now_ms();
+    if (it != destinations_.end() &&
+        (it->second->resolution->expires_ms == 0 || it->second->resolution->expires_ms > now)) {
+        it->second->queue.push(j);
+        job_ready(*it->second);
+        return;
+    }
+    // This core has not resolved the destination yet (or its answer expired): ask its own
+    // resolver (its own cache), then queue the job.
+    auto* w = new Waiting{j, this};
+    std::string_view dom(j.domain, j.domain_len);
+    if (!config_.smarthost.empty()) {
+        auto sh = dns::parse_smarthost(config_.smarthost);
+        resolver_.resolve_smarthost(*sh, now, &Delivery::on_dest_resolved, w);
+    } else {
+        resolver_.resolve_destination(dom, now, &Delivery::on_dest_resolved, w);
+    }
+}
+
+void Delivery::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
+    std::unique_ptr<Waiting> w(static_cast<Waiting*>(ctx));
+    Delivery* self = w->owner;
+    const JobMsg& j = w->job;
+    if (r->outcome != dns::Outcome::ok) {
+        std::string text = std::string(r->status) + " " + r->text;
+        auto o =
+            r->outcome == dns::Outcome::bounce ? sched::Outcome::bounced : sched::Outcome::deferred;
+        for (uint16_t i = 0; i < j.rcpt_count; i++)
+            self->report(j, j.rcpts[i], o, text, "");
+        return;
+    }
+    auto& slot = self->destinations_[r->destination_hash];
+    if (!slot) {
+        slot = std::make_unique<Destination>(self->limits_);
+        slot->hash = r->destination_hash;
+    }
+    slot->resolution = r;
+    slot->port = self->config_.smarthost.empty() ? self->config_.delivery_port : r->port;
+    slot->queue.push(j);
+    self->job_ready(*slot);
+}
+
+void Delivery::job_ready(Destination& d) {
+    while (!d.idle.empty() && d.queue.ready() > 0) {
+        OutboundConnection* c = d.idle.back();
+        d.idle.pop_back();
+        c->wake();
+    }
+    start_connections(d);
+}
+
+void Delivery::start_connections(Destination& d) {
+    uint64_t now = engine_.now_ms();
+    while (!stopping_ && d.queue.wants_connection(now) &&
+           conns_open_ < config_.outbound_connections_max) {
+        OutboundConnection* c;
+        if (!conns_free_.empty()) {
+            c = conns_free_.back();
+            conns_free_.pop_back();
+        } else {
+            conns_.push_back(std::make_unique<OutboundConnection>(*this, client_settings_));
+            c = conns_.back().get();
+        }
+        d.queue.connection_opened();
+        conns_open_++;
+        stats_.connections++;
+        c->open(&d);
+    }
+}
+
+void Delivery::destination_failed(Destination& d, std::string_view why) {
+    // Every host failed: the destination rests, and what waits for it is deferred (each
+    // message then follows its own retry schedule).
+    uint64_t now = engine_.now_ms();
+    d.queue.back_off(now + std::min<uint64_t>(config_.retry_first_ms, 60'000));
+    d.last_error = std::string(why);
+    JobMsg j;
+    std::string text = "4.4.1 " + std::string(why);
+    uint32_t sent = 0;
+    while (d.queue.next(sent, &j)) {
+        for (uint16_t i = 0; i < j.rcpt_count; i++)
+            report(j, j.rcpts[i], sched::Outcome::deferred, text, "");
+    }
+}
+
+void Delivery::connection_closed(OutboundConnection* c) {
+    Destination& d = *c->destination();
+    d.queue.connection_closed(c->was_ready());
+    conns_open_--;
+    conns_free_.push_back(c);
+    if (d.queue.ready() > 0) start_connections(d);
+}
+
+// --- timers --------------------------------------------------------------------------------
+
+void Delivery::on_tick() {
+    uint64_t now = engine_.now_ms();
+    if (resolver_ok_ && resolver_.next_deadline_ms() != 0 && now >= resolver_.next_deadline_ms())
+        resolver_.on_timer(now);
+    expired_.clear();
+    table_.expire(now, expired_);
+    for (auto& [m, rcpt] : expired_) {
+        Held& h = held_[m.index];
+        spool::Status st;
+        st.message_id = h.id;
+        st.rcpt = static_cast<uint16_t>(rcpt);
+        st.state = spool::StatusState::expired;
+        st.attempts = static_cast<uint16_t>(table_.attempts(m, rcpt));
+        st.at_unix_us = realtime_us();
+        st.reply = "4.4.7 message expired in the queue";
+        engine_.committer().append_status(st);
+        stats_.expired++;
+        if (table_.final(m) && h.inflight == 0) finish_message(m);
+    }
+    for (auto& c : conns_)
+        c->tick(now);
+    // Destinations that rested after a failure may take their waiting jobs again.
+    for (auto& [hash, d] : destinations_)
+        if (d->queue.ready() > 0) start_connections(*d);
+    dispatch_due();
+}
+
+void Delivery::flush() {
+    dispatch_due();
+}
+
+void Delivery::stop() {
+    stopping_ = true;
+    for (auto& c : conns_)
+        c->stop();
+}
+
+bool Delivery::idle() const {
+    return conns_open_ == 0;
+}
+
+}  // namespace ringmail

@@ -1,0 +1,181 @@
+// delivery.hpp — one core's part of outbound delivery.
+//
+// Origin side (the core whose spool holds a message): a sched::MessageTable of the messages it
+// holds, the domain of each recipient, and the retry and lifetime decisions. When a message
+// is due, its due recipients are grouped by domain, each domain is resolved (this core's DNS
+// cache), and the recipients go as jobs to the core that owns the destination (a hash of its
+// MX host set) — over the core-to-core channel, or directly when that is this core. Every
+// outcome comes back here, becomes a status record in this core's log, and decides the
+// recipient's next step (done, retry at T, or bounce with a DSN).
+//
+// Destination side (the core that owns a destination): one DestinationQueue per MX host set,
+// whose jobs are carried out by outbound connections (net/outbound.*) — reused for the next
+// job to the same destination, at most --max-connections-per-destination at once.
+//
+// All on the engine's thread; nothing here blocks but the opening of a spool segment for
+// reading (once per segment).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/queue.hpp"
+#include "core/reactor.hpp"
+#include "core/scheduler.hpp"
+#include "core/spool_reader.hpp"
+#include "dns/resolver.hpp"
+#include "net/smtp_client.hpp"
+#include "spool/record.hpp"
+
+namespace ringmail {
+
+class Engine;
+class OutboundConnection;
+struct CoreMsg;
+
+// The recipients of one message that go to one destination (one transaction at most).
+struct JobMsg {
+    sched::MessageRef ref;  // in the origin's MessageTable
+    uint64_t message_id;
+    uint64_t dest_hash;
+    RecordLocation at;
+    uint16_t origin;
+    uint16_t rcpt_count;
+    uint16_t rcpts[limits::job_rcpts_max];  // recipient indexes in the message record
+    uint8_t domain_len;
+    char domain[255];
+};
+
+// One recipient's outcome, back to the origin.
+struct OutcomeMsg {
+    sched::MessageRef ref;
+    uint64_t message_id;
+    uint16_t rcpt;
+    sched::Outcome outcome;
+    uint16_t text_len;
+    uint8_t remote_len;
+    char text[limits::outcome_text_max_bytes];  // "550 5.1.1 <x@y>: unknown user"
+    char remote[96];                            // "mx.example.net[192.0.2.1]"
+};
+
+class Delivery {
+  public:
+    Delivery(Engine& engine, uint32_t core);
+    ~Delivery();
+    Delivery(const Delivery&) = delete;
+    Delivery& operator=(const Delivery&) = delete;
+
+    // On the engine thread before the loop: the resolver, and the messages recovered from the
+    // spool with their recipients' states.
+    [[nodiscard]] bool init(std::string* error);
+    void add_recovered(const RecoveredQueueEntry& e);
+
+    // A message was committed on this core (its recipients' addresses are views valid during
+    // the call only).
+    void message_committed(const QueueEntry& e, std::span<const spool::RcptField> rcpts,
+                           uint64_t arrival_ms);
+
+    // From the engine.
+    void handle_job(const JobMsg& j);
+    void handle_outcome(const OutcomeMsg& o);
+    void on_tick();                   // timers: due messages, expiry, DNS, connection timeouts
+    void flush();                     // end of a loop iteration
+    void stop();                      // graceful stop: connections QUIT, nothing new starts
+    [[nodiscard]] bool idle() const;  // no outbound connection open
+    [[nodiscard]] size_t queued() const { return table_.size(); }
+
+    // For outbound connections.
+    [[nodiscard]] Engine& engine() { return engine_; }
+    [[nodiscard]] SpoolReader& reader() { return reader_; }
+    void report(const JobMsg& job, uint16_t rcpt_index, sched::Outcome o, std::string_view text,
+                std::string_view remote);
+    void connection_closed(OutboundConnection* c);
+
+    struct Stats {
+        uint64_t delivered = 0, deferred = 0, bounced = 0, expired = 0;
+        uint64_t connections = 0;  // outbound connections opened
+        uint64_t transactions = 0;
+    };
+    [[nodiscard]] const Stats& stats() const { return stats_; }
+    Stats& stats_mut() { return stats_; }
+
+    // A destination on its owning core: the MX host set of one or more domains.
+    struct Destination {
+        uint64_t hash = 0;
+        dns::ResolutionPtr resolution;  // the hosts, in the order to try
+        sched::BasicDestinationQueue<JobMsg> queue;
+        std::vector<OutboundConnection*> idle;  // connected, waiting for the next job
+        std::string last_error;                 // why the last connection failed
+        uint16_t port = 25;
+        explicit Destination(const sched::DestinationLimits& l) : queue(l) {}
+    };
+    struct Dispatch;  // one domain group of a due message, while its DNS answer is awaited
+    // A job waiting on this core for its destination's DNS answer.
+    struct Waiting;
+
+    [[nodiscard]] const sched::DestinationLimits& destination_limits() const { return limits_; }
+    void destination_failed(Destination& d, std::string_view why);  // every host failed
+    void job_ready(Destination& d);  // work arrived, or a connection became free
+
+  private:
+    uint32_t intern_domain(std::string_view d);
+    void release_domain(uint32_t id);
+    void dispatch_due();
+    void dispatch(sched::MessageRef m);
+    static void on_resolved(void* ctx, const dns::ResolutionPtr& r);
+    void resolved(Dispatch* d, const dns::ResolutionPtr& r);
+    static void on_dest_resolved(void* ctx, const dns::ResolutionPtr& r);
+    void send_job(uint32_t owner, const JobMsg& j);
+    void apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
+               std::string_view remote);
+    void finish_message(sched::MessageRef m);
+    void start_connections(Destination& d);
+    void arm_dns_poll();
+    static void on_dns_readable(void* self, int res, uint32_t flags);
+    [[nodiscard]] uint64_t random();
+
+    Engine& engine_;
+    uint32_t core_;
+    const Config& config_;
+    sched::MessageTable table_;
+    dns::Resolver resolver_;
+    SpoolReader reader_;
+    bool resolver_ok_ = false;
+    bool stopping_ = false;
+    uint64_t rng_;
+
+    // Per message slot (parallel to the table's slots).
+    struct Held {
+        RecordLocation at;
+        uint64_t id = 0;
+        std::vector<uint32_t> domains;  // per recipient, an interned domain
+        uint32_t inflight = 0;          // recipients in an attempt
+    };
+    std::vector<Held> held_;
+    std::unordered_map<std::string, uint32_t> domain_ids_;
+    std::vector<std::string> domain_names_;
+    std::vector<uint32_t> domain_refs_;
+    std::vector<uint32_t> domain_free_;
+
+    std::vector<sched::MessageRef> due_;
+    std::vector<uint32_t> rcpts_;
+    std::vector<std::pair<sched::MessageRef, uint32_t>> expired_;
+    std::vector<std::unique_ptr<Dispatch>> dispatch_free_;
+
+    std::unordered_map<uint64_t, std::unique_ptr<Destination>> destinations_;
+    std::vector<std::unique_ptr<OutboundConnection>> conns_;
+    std::vector<OutboundConnection*> conns_free_;
+    uint32_t conns_open_ = 0;
+
+    sched::DestinationLimits limits_;
+    smtp::ClientSettings client_settings_;  // every outbound session refers to it
+    IoOp dns_op_{&Delivery::on_dns_readable, this};
+    bool dns_armed_ = false;
+    Stats stats_;
+};
+
+}  // namespace ringmail
