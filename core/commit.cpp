@@ -67,6 +67,7 @@ bool Committer::open(uint64_t first_segment_seq, uint64_t first_id_counter, std:
     salt_ = random_u64();
     id_counter_ = first_id_counter;
     next_seq_ = first_segment_seq;
+    first_seq_ = first_segment_seq;
     dir_ = spool::core_dir_path(config_.spool_dir, core_);
     if (mkdir(dir_.c_str(), 0750) != 0 && errno != EEXIST) {
         *error = "mkdir " + dir_ + ": " + strerror(errno);
@@ -173,6 +174,7 @@ void Committer::prep_step(int res) {
             if (res < 0) break;
             prep_ = Prep::ready;
             stats_.segments++;
+            if (segment_listener_) segment_listener_(segment_listener_ctx_, next_.seq);
             LOG_DEBUG("segment %s ready (%llu bytes)", prep_path_.c_str(),
                       static_cast<unsigned long long>(next_.size));
             return;

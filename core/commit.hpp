@@ -84,9 +84,22 @@ class Committer {
         return idle() && (prep_ == Prep::none || prep_ == Prep::ready || prep_ == Prep::failed);
     }
     [[nodiscard]] const CommitStats& stats() const { return stats_; }
+    [[nodiscard]] bool batch_inflight() const { return batch_inflight_; }
     void shutdown();  // blocking close at exit
     // Told of every message made durable, before its waiter hears of it.
     using Listener = void (*)(void* ctx, const QueueEntry& e, const CommitWaiter& w);
+    // Told of every segment made (in increasing sequence), before any record lands in it.
+    using SegmentListener = void (*)(void* ctx, uint64_t seq);
+    void set_segment_listener(SegmentListener fn, void* ctx) {
+        segment_listener_ = fn;
+        segment_listener_ctx_ = ctx;
+    }
+    // The lowest sequence a segment made from now on can have.
+    // The segment being appended to; before the first one, the first this run makes (every
+    // older segment was found at start).
+    [[nodiscard]] uint64_t current_segment_seq() const {
+        return current_.fd >= 0 ? current_.seq : first_seq_;
+    }
     void set_listener(Listener fn, void* ctx) {
         listener_ = fn;
         listener_ctx_ = ctx;
@@ -121,6 +134,7 @@ class Committer {
     uint64_t salt_ = 0;
     uint64_t id_counter_ = 0;
     uint64_t next_seq_ = 0;
+    uint64_t first_seq_ = 0;
     int dir_fd_ = -1;
     std::string dir_;
 
@@ -152,6 +166,8 @@ class Committer {
     IoOp close_op_{&Committer::on_close_op, this};
     CommitStats stats_;
     Listener listener_ = nullptr;
+    SegmentListener segment_listener_ = nullptr;
+    void* segment_listener_ctx_ = nullptr;
     void* listener_ctx_ = nullptr;
 };
 

@@ -2,9 +2,11 @@
 #include "core/delivery.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/random.h>
 
+#include <strings.h>
 #include <algorithm>
 #include <cstring>
 #include <ctime>
@@ -12,6 +14,8 @@
 #include "core/engine.hpp"
 #include "core/log.hpp"
 #include "net/outbound.hpp"
+#include "net/smtp_dsn.hpp"
+#include "spool/recovery.hpp"
 #include "spool/status.hpp"
 
 namespace ringmail {
@@ -66,6 +70,8 @@ Delivery::Delivery(Engine& engine, uint32_t core)
           return p;
       }()),
       reader_(engine.reactor(), engine.config().spool_dir) {
+    segdirs_.push_back(
+        std::make_unique<SegDir>(SegDir{static_cast<uint16_t>(core), spool::SegmentTracker()}));
     limits_.connections_max = config_.connections_per_destination_max;
     limits_.messages_per_connection = config_.messages_per_connection_max;
     limits_.rcpts_per_transaction = config_.recipients_per_transaction_max;
@@ -76,6 +82,23 @@ Delivery::Delivery(Engine& engine, uint32_t core)
 }
 
 Delivery::~Delivery() = default;
+
+uint16_t Delivery::segdir_for(uint16_t dir) {
+    for (size_t i = 0; i < segdirs_.size(); i++)
+        if (segdirs_[i]->dir == dir) return static_cast<uint16_t>(i);
+    segdirs_.push_back(std::make_unique<SegDir>(SegDir{dir, spool::SegmentTracker()}));
+    return static_cast<uint16_t>(segdirs_.size() - 1);
+}
+
+void Delivery::add_recovered_segments(uint16_t dir, const std::vector<uint64_t>& seqs) {
+    SegDir& d = *segdirs_[segdir_for(dir)];
+    for (uint64_t seq : seqs)
+        d.tracker.add_segment(seq, static_cast<int64_t>(engine_.now_ms()));
+}
+
+void Delivery::segment_created(uint64_t seq) {
+    segdirs_[0]->tracker.add_segment(seq, static_cast<int64_t>(engine_.now_ms()));
+}
 
 uint64_t Delivery::random() {
     rng_ ^= rng_ << 13;
@@ -155,7 +178,13 @@ void Delivery::message_committed(const QueueEntry& e, std::span<const spool::Rcp
     Held& h = held_[m.index];
     h.at = RecordLocation{e.dir, e.segment_seq, e.offset, e.record_bytes};
     h.id = e.id;
+    h.segdir = 0;
+    h.slot = segdirs_[0]->tracker.message_added(e.segment_seq, e.id);
+    h.tracked = true;
+    h.arrival_unix_us = realtime_us();
     h.inflight = 0;
+    h.bounces.clear();
+    h.dsn_busy = false;
     h.domains.clear();
     for (const auto& r : rcpts)
         h.domains.push_back(intern_domain(domain_of(r.address)));
@@ -175,7 +204,13 @@ void Delivery::add_recovered(const RecoveredQueueEntry& r) {
     Held& h = held_[m.index];
     h.at = RecordLocation{r.entry.dir, r.entry.segment_seq, r.entry.offset, r.entry.record_bytes};
     h.id = r.entry.id;
+    h.segdir = segdir_for(r.entry.dir);
+    h.tracked = segdirs_[h.segdir]->tracker.has_segment(r.entry.segment_seq);
+    if (h.tracked) h.slot = segdirs_[h.segdir]->tracker.message_added(r.entry.segment_seq, h.id);
+    h.arrival_unix_us = r.arrival_unix_us;
     h.inflight = 0;
+    h.bounces.clear();
+    h.dsn_busy = false;
     h.domains.clear();
     for (uint32_t i = 0; i < r.rcpts.size(); i++) {
         const RecoveredRcpt& rr = r.rcpts[i];
@@ -335,18 +370,218 @@ void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::
             stats_.deferred++;
             break;
     }
-    engine_.committer().append_status(st);
+    if (d.state == sched::RcptState::bounced) {
+        // Its status goes with its DSN (write_bounce_statuses).
+        h.bounces.push_back(Bounce{rcpt, st.attempts, d.expired, st.at_unix_us, std::string(text),
+                                   std::string(remote)});
+    } else {
+        engine_.committer().append_status(st);
+    }
     char qid[16];
     smtp::format_queue_id(h.id, qid);
-    LOG_INFO("delivery id=%.16s rcpt=%u domain=%s relay=%.*s status=%s attempts=%u reply=\"%.*s\"",
-             qid, rcpt, domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()),
-             remote.data(), outcome_name(d.state, d.expired), st.attempts,
-             static_cast<int>(text.size()), text.data());
-    if (table_.final(m) && h.inflight == 0) finish_message(m);
+    LOG_INFO(
+        "delivery id=%.16s rcpt=%u domain=%s relay=%.*s status=%s attempts=%u "
+        "delay=%.1fs reply=\"%.*s\"",
+        qid, rcpt, domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()),
+        remote.data(), outcome_name(d.state, d.expired), st.attempts,
+        static_cast<double>(st.at_unix_us - h.arrival_unix_us) / 1e6, static_cast<int>(text.size()),
+        text.data());
+    maybe_finish(m);
+}
+
+// --- bounces: one DSN per message and round of attempts ------------------------------------
+
+struct Delivery::DsnRead {
+    SpoolReader::Read read;
+    sched::MessageRef ref;
+    Delivery* owner;
+};
+
+class Delivery::DsnWaiter final : public CommitWaiter {
+  public:
+    Delivery* owner = nullptr;
+    std::string text;       // the DSN message
+    std::string sender;     // its one recipient: the original envelope sender
+    std::string params;     // BODY=8BITMIME when the DSN quotes 8-bit headers
+    spool::RcptField rcpt;  // views into sender
+    uint32_t tries = 0;
+    void commit_finished(smtp::CommitResult r) override {
+        owner->dsn_committed(this, r == smtp::CommitResult::ok);
+    }
+};
+
+void Delivery::maybe_finish(sched::MessageRef m) {
+    Held& h = held_[m.index];
+    if (h.inflight > 0 || h.dsn_busy) return;
+    if (!h.bounces.empty()) {
+        start_dsn(m);
+        return;
+    }
+    if (table_.final(m)) finish_message(m);
+}
+
+void Delivery::start_dsn(sched::MessageRef m) {
+    Held& h = held_[m.index];
+    h.dsn_busy = true;
+    auto* r = new DsnRead{};
+    r->ref = m;
+    r->owner = this;
+    r->read.at = h.at;
+    r->read.user = r;
+    r->read.done = [](SpoolReader::Read* rd, int err) {
+        auto* dr = static_cast<DsnRead*>(rd->user);
+        dr->owner->dsn_read(dr, err);
+    };
+    reader_.read(&r->read);
+}
+
+void Delivery::write_bounce_statuses(Held& h) {
+    for (const Bounce& b : h.bounces) {
+        spool::Status st;
+        st.message_id = h.id;
+        st.rcpt = static_cast<uint16_t>(b.rcpt);
+        st.state = b.expired ? spool::StatusState::expired : spool::StatusState::bounced;
+        st.attempts = b.attempts;
+        st.at_unix_us = b.at_unix_us;
+        st.remote = b.remote;
+        st.reply = b.text;
+        engine_.committer().append_status(st);
+    }
+}
+
+namespace {
+
+// "550 5.1.1 ..." or "5.1.2 ..." → "5.1.1" / "5.1.2"; a failure without one gets a default.
+std::string_view status_of(std::string_view text, bool expired) {
+    if (expired) return "4.4.7";
+    for (size_t i = 0; i + 5 <= text.size(); i++) {
+        if ((text[i] == '4' || text[i] == '5') && text[i + 1] == '.' &&
+            (i == 0 || text[i - 1] == ' ')) {
+            size_t e = text.find(' ', i);
+            return text.substr(i, (e == std::string_view::npos ? text.size() : e) - i);
+        }
+    }
+    return "5.0.0";
+}
+
+std::string_view orcpt_of(std::string_view params) {
+    for (size_t i = 0; i + 6 <= params.size(); i++) {
+        if (strncasecmp(params.data() + i, "ORCPT=", 6) == 0 && (i == 0 || params[i - 1] == ' ')) {
+            size_t e = params.find(' ', i);
+            return params.substr(i + 6, (e == std::string_view::npos ? params.size() : e) - i - 6);
+        }
+    }
+    return {};
+}
+
+}  // namespace
+
+void Delivery::dsn_read(DsnRead* r, int err) {
+    std::unique_ptr<DsnRead> keep(r);
+    if (!table_.valid(r->ref)) return;
+    Held& h = held_[r->ref.index];
+    h.dsn_busy = false;
+    std::optional<spool::MessageView> m;
+    if (!err) {
+        auto rec = spool::decode_record(std::string_view(r->read.buf.data(), r->read.buf.size()),
+                                        r->read.salt, nullptr);
+        if (rec) m = spool::decode_message(rec->payload);
+        if (!m || m->id != h.id) err = EBADMSG;
+    }
+    char qid[16];
+    smtp::format_queue_id(h.id, qid);
+    if (err || !smtp::should_bounce(m->mail_from)) {
+        if (err)
+            LOG_ERROR("bounce of %.16s: cannot read the original (%s): no DSN", qid, strerror(err));
+        else
+            LOG_INFO("bounce of %.16s: the sender is <>: no DSN (RFC 5321 §6.1)", qid);
+        write_bounce_statuses(h);
+        h.bounces.clear();
+        maybe_finish(r->ref);
+        return;
+    }
+    std::vector<smtp::DsnRecipient> rcpts;
+    for (const Bounce& b : h.bounces) {
+        smtp::DsnRecipient d;
+        d.address = m->rcpts[b.rcpt].address;
+        d.orcpt = orcpt_of(m->rcpts[b.rcpt].params);
+        d.action = smtp::DsnAction::failed;
+        d.status = status_of(b.text, b.expired);
+        std::string_view host = b.remote;
+        d.remote_mta = host.substr(0, host.find('['));
+        d.diagnostic = b.text;
+        d.last_attempt_unix_s = b.at_unix_us / 1000000;
+        rcpts.push_back(d);
+    }
+    auto w = std::make_unique<DsnWaiter>();
+    w->owner = this;
+    smtp::DsnInput in;
+    in.reporting_mta = config_.hostname;
+    in.sender = m->mail_from;
+    in.queue_id = h.id;
+    in.dsn_id = engine_.committer().next_id();
+    in.arrival_unix_s = m->arrival_unix_us / 1000000;
+    in.now_unix_s = realtime_us() / 1000000;
+    in.recipients = rcpts;
+    in.original_text = m->body;
+    smtp::Dsn dsn = smtp::build_dsn(in);
+    w->text = std::move(dsn.text);
+    w->sender = std::string(m->mail_from);
+    w->params = dsn.eight_bit ? "BODY=8BITMIME" : "";
+    char did[16];
+    smtp::format_queue_id(in.dsn_id, did);
+    LOG_INFO("bounce of %.16s: DSN %.16s to <%s> for %zu recipient(s)", qid, did, w->sender.c_str(),
+             rcpts.size());
+    // The statuses and the DSN go out in the same batch, the DSN first.
+    write_bounce_statuses(h);
+    h.bounces.clear();
+    w->tries = 0;
+    dsn_id_hint_ = in.dsn_id;
+    stage_dsn(std::move(w));
+    maybe_finish(r->ref);
+}
+
+void Delivery::stage_dsn(std::unique_ptr<DsnWaiter> w) {
+    w->rcpt = spool::RcptField{w->sender, ""};
+    w->rcpt_view = std::span<const spool::RcptField>(&w->rcpt, 1);
+    w->rcpts = 1;
+    spool::EnvelopeFields env{config_.hostname, "", "LOCAL", "", w->params, w->rcpt_view};
+    Committer& c = engine_.committer();
+    uint64_t id = dsn_id_hint_ ? dsn_id_hint_ : c.next_id();
+    dsn_id_hint_ = 0;
+    if (!w->builder.begin(c.pool(), id, realtime_us(), env) || !w->builder.append(w->text)) {
+        w->builder.reset();
+        dsn_retry_.push_back(std::move(w));  // staging memory is short: the next tick
+        return;
+    }
+    c.submit(w.get());
+    dsn_waiters_.push_back(std::move(w));
+}
+
+void Delivery::dsn_committed(DsnWaiter* w, bool ok) {
+    auto it = std::find_if(dsn_waiters_.begin(), dsn_waiters_.end(),
+                           [&](const auto& p) { return p.get() == w; });
+    RM_ASSERT(it != dsn_waiters_.end());
+    std::unique_ptr<DsnWaiter> keep = std::move(*it);
+    dsn_waiters_.erase(it);
+    if (ok) return;  // the listener has queued it for delivery like any message
+    if (++keep->tries < 5) {
+        dsn_retry_.push_back(std::move(keep));
+        return;
+    }
+    LOG_ERROR("a DSN to <%s> could not be stored after 5 tries; dropped", keep->sender.c_str());
 }
 
 void Delivery::finish_message(sched::MessageRef m) {
     Held& h = held_[m.index];
+    if (h.tracked) {
+        // Its segment may go once the statuses that made it final are durable: they ride in
+        // the next batch to start (after the one in flight, if any).
+        const Committer& c = engine_.committer();
+        finals_.push_back(FinalPending{h.segdir, h.slot, h.id,
+                                       c.stats().commits + (c.batch_inflight() ? 2u : 1u)});
+        h.tracked = false;
+    }
     for (uint32_t dom : h.domains)
         release_domain(dom);
     h.domains.clear();
@@ -460,19 +695,20 @@ void Delivery::on_tick() {
     table_.expire(now, expired_);
     for (auto& [m, rcpt] : expired_) {
         Held& h = held_[m.index];
-        spool::Status st;
-        st.message_id = h.id;
-        st.rcpt = static_cast<uint16_t>(rcpt);
-        st.state = spool::StatusState::expired;
-        st.attempts = static_cast<uint16_t>(table_.attempts(m, rcpt));
-        st.at_unix_us = realtime_us();
-        st.reply = "4.4.7 message expired in the queue";
-        engine_.committer().append_status(st);
+        h.bounces.push_back(Bounce{rcpt, static_cast<uint16_t>(table_.attempts(m, rcpt)), true,
+                                   realtime_us(), "4.4.7 message expired in the queue", ""});
         stats_.expired++;
-        if (table_.final(m) && h.inflight == 0) finish_message(m);
+        maybe_finish(m);
+    }
+    if (!dsn_retry_.empty()) {
+        auto retry = std::move(dsn_retry_);
+        dsn_retry_.clear();
+        for (auto& w : retry)
+            stage_dsn(std::move(w));
     }
     for (auto& c : conns_)
         c->tick(now);
+    collect_segments();
     // Destinations that rested after a failure may take their waiting jobs again.
     for (auto& [hash, d] : destinations_)
         if (d->queue.ready() > 0) start_connections(*d);
@@ -481,6 +717,52 @@ void Delivery::on_tick() {
 
 void Delivery::flush() {
     dispatch_due();
+}
+
+void Delivery::collect_segments() {
+    uint64_t commits = engine_.committer().stats().commits;
+    size_t done = 0;
+    while (done < finals_.size() && finals_[done].after_commits <= commits) {
+        const FinalPending& f = finals_[done++];
+        segdirs_[f.segdir]->tracker.message_final(f.slot, f.id);
+    }
+    finals_.erase(finals_.begin(), finals_.begin() + static_cast<long>(done));
+    for (uint16_t i = 0; i < segdirs_.size(); i++) {
+        SegDir& d = *segdirs_[i];
+        // Our own directory keeps its current segment; another core's old one has none.
+        uint64_t current = i == 0 ? engine_.committer().current_segment_seq() : UINT64_MAX;
+        std::vector<uint64_t> seqs = d.tracker.deletable(current);
+        for (size_t k = 0; k < seqs.size(); k++) {
+            d.tracker.delete_started(seqs[k]);
+            reader_.forget(d.dir, seqs[k]);
+            auto* u = new Unlink{{&Delivery::on_unlinked, nullptr},
+                                 this,
+                                 i,
+                                 seqs[k],
+                                 spool::core_dir_path(config_.spool_dir, d.dir) + "/" +
+                                     spool::segment_file_name(seqs[k])};
+            u->op.owner = u;
+            io_uring_sqe* s = engine_.reactor().sqe(u->op);
+            io_uring_prep_unlinkat(s, AT_FDCWD, u->path.c_str(), 0);
+            // Oldest first, in order (rule D4): a crash never keeps an older one alone.
+            if (k + 1 < seqs.size()) s->flags |= IOSQE_IO_LINK;
+            unlinks_inflight_++;
+        }
+    }
+}
+
+void Delivery::on_unlinked(void* self, int res, uint32_t) {
+    std::unique_ptr<Unlink> u(static_cast<Unlink*>(self));
+    Delivery* d = u->owner;
+    d->unlinks_inflight_--;
+    if (res < 0 && res != -ENOENT) {
+        // Left in place: recovery will find only final messages in it. Never retried here.
+        LOG_WARN("cannot delete spool segment %s: %s", u->path.c_str(), strerror(-res));
+    } else {
+        LOG_DEBUG("spool segment %s deleted: all its messages are final", u->path.c_str());
+    }
+    d->segdirs_[u->segdir]->tracker.segment_deleted(u->seq);
+    d->stats_.segments_deleted++;
 }
 
 void Delivery::stop() {

@@ -29,6 +29,7 @@
 #include "core/spool_reader.hpp"
 #include "dns/resolver.hpp"
 #include "net/smtp_client.hpp"
+#include "spool/lifecycle.hpp"
 #include "spool/record.hpp"
 
 namespace ringmail {
@@ -72,7 +73,12 @@ class Delivery {
     // On the engine thread before the loop: the resolver, and the messages recovered from the
     // spool with their recipients' states.
     [[nodiscard]] bool init(std::string* error);
+    // The segments present at start in a spool directory this core looks after (its own, and
+    // those of cores that no longer run), ascending; then the messages recovered from them.
+    void add_recovered_segments(uint16_t dir, const std::vector<uint64_t>& seqs);
     void add_recovered(const RecoveredQueueEntry& e);
+    // The committer made a new segment in this core's own directory.
+    void segment_created(uint64_t seq);
 
     // A message was committed on this core (its recipients' addresses are views valid during
     // the call only).
@@ -99,6 +105,7 @@ class Delivery {
         uint64_t delivered = 0, deferred = 0, bounced = 0, expired = 0;
         uint64_t connections = 0;  // outbound connections opened
         uint64_t transactions = 0;
+        uint64_t segments_deleted = 0;
     };
     [[nodiscard]] const Stats& stats() const { return stats_; }
     Stats& stats_mut() { return stats_; }
@@ -149,12 +156,65 @@ class Delivery {
     uint64_t rng_;
 
     // Per message slot (parallel to the table's slots).
+    // A recipient that failed for good, waiting for its DSN (its status record is written
+    // with the DSN, so that a crash cannot leave a recorded bounce without its notice).
+    struct Bounce {
+        uint32_t rcpt;
+        uint16_t attempts;
+        bool expired;
+        int64_t at_unix_us;
+        std::string text;    // the remote reply or our reason, "550 5.1.1 ..." / "5.1.2 ..."
+        std::string remote;  // "mx.example.net[192.0.2.1]" or ""
+    };
     struct Held {
         RecordLocation at;
+        uint16_t segdir = 0;   // index into segdirs_
+        bool tracked = false;  // counted live in its segment
+        spool::SegmentSlot slot{};
         uint64_t id = 0;
+        int64_t arrival_unix_us = 0;
         std::vector<uint32_t> domains;  // per recipient, an interned domain
         uint32_t inflight = 0;          // recipients in an attempt
+        std::vector<Bounce> bounces;
+        bool dsn_busy = false;  // the original is being read to build its DSN
     };
+    struct DsnRead;
+    class DsnWaiter;
+    void maybe_finish(sched::MessageRef m);
+    void start_dsn(sched::MessageRef m);
+    void dsn_read(DsnRead* r, int err);
+    void write_bounce_statuses(Held& h);
+    void stage_dsn(std::unique_ptr<DsnWaiter> w);
+    void dsn_committed(DsnWaiter* w, bool ok);
+    std::vector<std::unique_ptr<DsnWaiter>> dsn_waiters_;
+    std::vector<std::unique_ptr<DsnWaiter>> dsn_retry_;  // staging memory was short: next tick
+    uint64_t dsn_id_hint_ = 0;
+
+    // Segment lifecycle (spool/lifecycle.hpp): a segment whose messages are all final, and all
+    // of whose older siblings are gone, is deleted.
+    struct SegDir {
+        uint16_t dir;
+        spool::SegmentTracker tracker;
+    };
+    struct FinalPending {  // final in memory; counted once its statuses are durable (rule D3)
+        uint16_t segdir;
+        spool::SegmentSlot slot;
+        uint64_t id;
+        uint64_t after_commits;
+    };
+    struct Unlink {
+        IoOp op;
+        Delivery* owner;
+        uint16_t segdir;
+        uint64_t seq;
+        std::string path;
+    };
+    uint16_t segdir_for(uint16_t dir);
+    void collect_segments();
+    static void on_unlinked(void* self, int res, uint32_t flags);
+    std::vector<std::unique_ptr<SegDir>> segdirs_;  // [0]: this core's own directory
+    std::vector<FinalPending> finals_;
+    uint32_t unlinks_inflight_ = 0;  // the id the DSN text names as its own, for its record
     std::vector<Held> held_;
     std::unordered_map<std::string, uint32_t> domain_ids_;
     std::vector<std::string> domain_names_;

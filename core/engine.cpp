@@ -80,7 +80,12 @@ int Engine::run() {
         update_clock();
         delivery_ = std::make_unique<Delivery>(*this, core_);
         ok = delivery_->init(&error);
-        if (ok) committer_->set_listener(&Engine::on_committed, this);
+        if (ok) {
+            committer_->set_listener(&Engine::on_committed, this);
+            committer_->set_segment_listener(&Engine::on_segment, this);
+            for (const auto& [dir, seqs] : start_.segments)
+                delivery_->add_recovered_segments(dir, seqs);
+        }
     }
     if (!ok) {
         LOG_ERROR("%s", error.c_str());
@@ -403,6 +408,10 @@ void Engine::send_outcome(uint32_t core, const OutcomeMsg& o) {
     m.from = static_cast<uint16_t>(core_);
     m.outcome = o;
     send_to(core, m);
+}
+
+void Engine::on_segment(void* self, uint64_t seq) {
+    static_cast<Engine*>(self)->delivery_->segment_created(seq);
 }
 
 void Engine::on_committed(void* self, const QueueEntry& e, const CommitWaiter& w) {

@@ -78,6 +78,8 @@ struct EngineStart {
     uint64_t first_id_counter = 0;
     Queue* queue = nullptr;                                 // filled by recovery
     std::vector<RecoveredQueueEntry>* recovered = nullptr;  // what delivery takes up again
+    // Segments present at start, per spool directory this core looks after (ascending).
+    std::vector<std::pair<uint16_t, std::vector<uint64_t>>> segments;
 };
 
 class Engine {
@@ -149,6 +151,7 @@ class Engine {
     std::unique_ptr<Committer> committer_;
     std::unique_ptr<Delivery> delivery_;
     static void on_committed(void* self, const QueueEntry& e, const CommitWaiter& w);
+    static void on_segment(void* self, uint64_t seq);
 
     std::vector<std::unique_ptr<AcceptOp>> accept_ops_;
     std::vector<std::unique_ptr<Connection>> slots_;

@@ -51,6 +51,23 @@ std::vector<uint32_t> core_dirs(const std::string& spool) {
     return out;
 }
 
+// Segment sequence numbers in a core directory, ascending.
+std::vector<uint64_t> segment_seqs(const std::string& dir) {
+    std::vector<uint64_t> out;
+    DIR* d = opendir(dir.c_str());
+    if (!d) return out;
+    while (dirent* e = readdir(d)) {
+        unsigned long long seq;
+        char tail[8];
+        if (strlen(e->d_name) == 20 && sscanf(e->d_name, "%16llx%4s", &seq, tail) == 2 &&
+            strcmp(tail, ".seg") == 0)
+            out.push_back(seq);
+    }
+    closedir(d);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
 struct Recovered {
     std::vector<Queue> queues;
     std::vector<std::vector<RecoveredQueueEntry>> pending;  // per core: messages not yet final
@@ -257,6 +274,11 @@ int main(int argc, char** argv) {
         st.first_id_counter = first_counter;
         st.queue = &rec.queues[i];
         st.recovered = &rec.pending[i];
+        for (uint32_t dir : core_dirs(cfg.spool_dir)) {
+            if (dir % cfg.threads != i) continue;
+            st.segments.push_back({static_cast<uint16_t>(dir),
+                                   segment_seqs(spool::core_dir_path(cfg.spool_dir, dir))});
+        }
         engines.push_back(std::make_unique<Engine>(i, shared, std::move(st)));
     }
     std::vector<int> results(cfg.threads, 0);
