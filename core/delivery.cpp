@@ -46,11 +46,20 @@ const char* outcome_name(sched::RcptState s, bool expired) {
 
 }  // namespace
 
+// The due recipients of one message, grouped by domain while each domain is resolved; once
+// every answer is in, recipients whose domains share a destination (the same MX host set) go
+// in one job, so they share one transaction.
 struct Delivery::Dispatch {
+    struct Group {
+        Dispatch* parent;
+        uint32_t domain;
+        std::vector<uint32_t> rcpts;
+        dns::ResolutionPtr result;
+    };
     sched::MessageRef ref;
-    uint32_t domain;
-    std::vector<uint32_t> rcpts;
     Delivery* owner;
+    uint32_t pending = 0;
+    std::vector<Group> groups;
 };
 
 struct Delivery::Waiting {
@@ -240,70 +249,96 @@ void Delivery::dispatch(sched::MessageRef m) {
     h.inflight += static_cast<uint32_t>(rcpts_.size());
     std::sort(rcpts_.begin(), rcpts_.end(),
               [&](uint32_t a, uint32_t b) { return h.domains[a] < h.domains[b]; });
-    size_t i = 0;
-    while (i < rcpts_.size()) {
+    std::unique_ptr<Dispatch> d;
+    if (!dispatch_free_.empty()) {
+        d = std::move(dispatch_free_.back());
+        dispatch_free_.pop_back();
+    } else {
+        d = std::make_unique<Dispatch>();
+    }
+    d->ref = m;
+    d->owner = this;
+    d->groups.clear();
+    for (size_t i = 0; i < rcpts_.size();) {
         uint32_t dom = h.domains[rcpts_[i]];
-        std::unique_ptr<Dispatch> d;
-        if (!dispatch_free_.empty()) {
-            d = std::move(dispatch_free_.back());
-            dispatch_free_.pop_back();
-        } else {
-            d = std::make_unique<Dispatch>();
-        }
-        d->ref = m;
-        d->domain = dom;
-        d->owner = this;
-        d->rcpts.clear();
+        d->groups.push_back(Dispatch::Group{d.get(), dom, {}, nullptr});
         while (i < rcpts_.size() && h.domains[rcpts_[i]] == dom)
-            d->rcpts.push_back(rcpts_[i++]);
-        Dispatch* raw = d.release();
+            d->groups.back().rcpts.push_back(rcpts_[i++]);
+    }
+    // One more than the lookups: answers from the cache arrive during the loop below, and
+    // the dispatch must not complete before every lookup has been asked.
+    d->pending = static_cast<uint32_t>(d->groups.size()) + 1;
+    Dispatch* raw = d.release();
+    for (Dispatch::Group& g : raw->groups) {
         if (!config_.smarthost.empty()) {
             auto sh = dns::parse_smarthost(config_.smarthost);
             RM_ASSERT(sh);
-            resolver_.resolve_smarthost(*sh, engine_.now_ms(), &Delivery::on_resolved, raw);
+            resolver_.resolve_smarthost(*sh, engine_.now_ms(), &Delivery::on_resolved, &g);
         } else {
-            resolver_.resolve_destination(domain_names_[dom], engine_.now_ms(),
-                                          &Delivery::on_resolved, raw);
+            resolver_.resolve_destination(domain_names_[g.domain], engine_.now_ms(),
+                                          &Delivery::on_resolved, &g);
         }
     }
+    if (--raw->pending == 0) resolved(raw);
 }
 
 void Delivery::on_resolved(void* ctx, const dns::ResolutionPtr& r) {
-    auto* d = static_cast<Dispatch*>(ctx);
-    d->owner->resolved(d, r);
+    auto* g = static_cast<Dispatch::Group*>(ctx);
+    g->result = r;
+    Dispatch* d = g->parent;
+    if (--d->pending == 0) d->owner->resolved(d);
 }
 
-void Delivery::resolved(Dispatch* d, const dns::ResolutionPtr& r) {
+void Delivery::resolved(Dispatch* d) {
     std::unique_ptr<Dispatch> keep(d);
     sched::MessageRef m = d->ref;
     if (table_.valid(m)) {
-        if (r->outcome == dns::Outcome::ok) {
-            const Held& h = held_[m.index];
-            uint32_t owner = static_cast<uint32_t>(r->destination_hash % engine_.cores());
+        for (Dispatch::Group& g : d->groups) {
+            const dns::Resolution& r = *g.result;
+            if (r.outcome == dns::Outcome::ok) continue;
+            std::string text = std::string(r.status) + " " + r.text;
+            auto o = r.outcome == dns::Outcome::bounce ? sched::Outcome::bounced
+                                                       : sched::Outcome::deferred;
+            for (uint32_t rc : g.rcpts)
+                apply(m, rc, o, text, "");
+        }
+        // Groups with the same destination go together, in one job per transaction's worth.
+        const Held& h = held_[m.index];
+        size_t per = std::min<size_t>(limits_.rcpts_per_transaction, limits::job_rcpts_max);
+        for (size_t a = 0; a < d->groups.size(); a++) {
+            Dispatch::Group& first = d->groups[a];
+            if (!first.result || first.result->outcome != dns::Outcome::ok) continue;
+            uint64_t hash = first.result->destination_hash;
             JobMsg j{};
             j.ref = m;
             j.message_id = h.id;
-            j.dest_hash = r->destination_hash;
+            j.dest_hash = hash;
             j.at = h.at;
             j.origin = static_cast<uint16_t>(core_);
-            std::string_view dom = domain_names_[d->domain];
+            std::string_view dom = domain_names_[first.domain];
             j.domain_len = static_cast<uint8_t>(std::min<size_t>(dom.size(), sizeof j.domain));
             memcpy(j.domain, dom.data(), j.domain_len);
-            size_t per = std::min<size_t>(limits_.rcpts_per_transaction, limits::job_rcpts_max);
-            for (size_t i = 0; i < d->rcpts.size(); i += per) {
-                j.rcpt_count = static_cast<uint16_t>(std::min(per, d->rcpts.size() - i));
-                for (uint16_t k = 0; k < j.rcpt_count; k++)
-                    j.rcpts[k] = static_cast<uint16_t>(d->rcpts[i + k]);
-                send_job(owner, j);
+            uint32_t owner = static_cast<uint32_t>(hash % engine_.cores());
+            j.rcpt_count = 0;
+            for (size_t b = a; b < d->groups.size(); b++) {
+                Dispatch::Group& g = d->groups[b];
+                if (!g.result || g.result->outcome != dns::Outcome::ok ||
+                    g.result->destination_hash != hash)
+                    continue;
+                for (uint32_t rc : g.rcpts) {
+                    j.rcpts[j.rcpt_count++] = static_cast<uint16_t>(rc);
+                    if (j.rcpt_count == per) {
+                        send_job(owner, j);
+                        j.rcpt_count = 0;
+                    }
+                }
+                g.result = nullptr;  // taken
             }
-        } else {
-            std::string text = std::string(r->status) + " " + r->text;
-            auto o = r->outcome == dns::Outcome::bounce ? sched::Outcome::bounced
-                                                        : sched::Outcome::deferred;
-            for (uint32_t rc : d->rcpts)
-                apply(m, rc, o, text, "");
+            if (j.rcpt_count > 0) send_job(owner, j);
         }
     }
+    for (auto& g : d->groups)
+        g.result = nullptr;
     dispatch_free_.push_back(std::move(keep));
 }
 

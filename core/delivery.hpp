@@ -134,7 +134,7 @@ class Delivery {
     void dispatch_due();
     void dispatch(sched::MessageRef m);
     static void on_resolved(void* ctx, const dns::ResolutionPtr& r);
-    void resolved(Dispatch* d, const dns::ResolutionPtr& r);
+    void resolved(Dispatch* d);
     static void on_dest_resolved(void* ctx, const dns::ResolutionPtr& r);
     void send_job(uint32_t owner, const JobMsg& j);
     void apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
