@@ -62,8 +62,9 @@ int main(int argc, char** argv) {
     source->add_option("--messages", src.messages,
                        "messages in all (default 10000 unless --duration is given)");
     source->add_option("--duration", src.duration_s, "seconds to keep starting messages");
-    source->add_option("--messages-per-connection", src.messages_per_connection,
-                       "then QUIT and reconnect (0: unlimited)")
+    source
+        ->add_option("--messages-per-connection", src.messages_per_connection,
+                     "then QUIT and reconnect (0: unlimited)")
         ->capture_default_str();
     source->add_option("--recipients", src.recipients, "recipients per message")
         ->capture_default_str()
@@ -78,7 +79,8 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::IsMember({"on", "off"}));
     source->add_option("--from", src.from, "envelope sender")->capture_default_str();
-    source->add_option("--to-domain", src.to_domain, "recipient domain (d<k>.DOMAIN with --domains)")
+    source
+        ->add_option("--to-domain", src.to_domain, "recipient domain (d<k>.DOMAIN with --domains)")
         ->capture_default_str();
     source->add_option("--source-ip", src.source_ips, "bind connections round robin to these")
         ->delimiter(',');
@@ -164,8 +166,7 @@ int main(int argc, char** argv) {
     for (const std::string& l : listen) {
         ListenAddress a;
         if (!split_host_port(l, &a.host, &a.port)) {
-            fprintf(stderr, "ringmail-bench sink: bad --listen '%s' (want ADDR:PORT)\n",
-                    l.c_str());
+            fprintf(stderr, "ringmail-bench sink: bad --listen '%s' (want ADDR:PORT)\n", l.c_str());
             return 2;
         }
         snk.listen.push_back(a);
@@ -173,8 +174,8 @@ int main(int argc, char** argv) {
     snk.session.pipelining = !no_pipelining;
     snk.session.chunking = !no_chunking;
     snk.session.size = !no_size;
-    double total = snk.session.drop_fraction + snk.session.data_temp_fail +
-                   snk.session.data_perm_fail;
+    double total =
+        snk.session.drop_fraction + snk.session.data_temp_fail + snk.session.data_perm_fail;
     if (snk.session.rcpt_temp_fail + snk.session.rcpt_perm_fail > 1.0 || total > 1.0) {
         fprintf(stderr, "ringmail-bench sink: failure fractions add up to more than 1\n");
         return 2;

@@ -19,11 +19,13 @@ namespace ringmail::bench {
     return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
 }
 
-[[nodiscard]] inline uint64_t now_ms() { return now_ns() / 1000000u; }
+[[nodiscard]] inline uint64_t now_ms() {
+    return now_ns() / 1000000u;
+}
 
 // One JSON object, keys in insertion order. Nested objects with begin()/end().
 class Json {
-public:
+  public:
     Json& begin(std::string_view key = {}) {
         sep();
         if (!key.empty()) put_key(key);
@@ -66,7 +68,7 @@ public:
     }
     [[nodiscard]] const std::string& text() const { return s_; }
 
-private:
+  private:
     void sep() {
         if (!first_ && !s_.empty()) s_ += ',';
         first_ = false;

@@ -14,9 +14,9 @@
 namespace ringmail::bench {
 
 class Histogram {
-public:
+  public:
     static constexpr unsigned kSubBits = 7;
-    static constexpr uint64_t kSub = uint64_t{1} << kSubBits;     // 128 sub-buckets
+    static constexpr uint64_t kSub = uint64_t{1} << kSubBits;       // 128 sub-buckets
     static constexpr size_t kBuckets = (64 - kSubBits + 1) * kSub;  // covers all of uint64_t
 
     // Bucket of a value: values below 2*kSub map to themselves (exact); above, the top
@@ -44,7 +44,8 @@ public:
     }
 
     void merge(const Histogram& o) {
-        for (size_t i = 0; i < kBuckets; i++) counts_[i] += o.counts_[i];
+        for (size_t i = 0; i < kBuckets; i++)
+            counts_[i] += o.counts_[i];
         count_ += o.count_;
         sum_ += o.sum_;
         max_ = std::max(max_, o.max_);
@@ -72,7 +73,7 @@ public:
         return count_ ? static_cast<double>(sum_) / static_cast<double>(count_) : 0.0;
     }
 
-private:
+  private:
     std::array<uint64_t, kBuckets> counts_{};
     uint64_t count_ = 0;
     uint64_t sum_ = 0;

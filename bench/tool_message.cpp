@@ -14,6 +14,14 @@ constexpr size_t kLineChars = 78;  // + CRLF = 80 octets a filler line
 constexpr size_t kLineBytes = kLineChars + 2;
 constexpr size_t kOffsets = 64;  // bodies start at one of these filler lines, by seq
 
+// The sum starts from the seq, so a damaged seq is caught like damaged text.
+uint32_t seq_crc(uint64_t seq) {
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = static_cast<unsigned char>(seq >> (8 * i));
+    return spool::crc32c(0, le, sizeof le);
+}
+
 }  // namespace
 
 bool parse_size(std::string_view text, uint64_t* out) {
@@ -70,13 +78,13 @@ uint64_t SizeDist::pick(uint64_t seq) const {
 
 uint64_t SizeDist::max() const {
     uint64_t m = 0;
-    for (const Entry& e : entries_) m = std::max(m, e.bytes);
+    for (const Entry& e : entries_)
+        m = std::max(m, e.bytes);
     return m;
 }
 
 MessageFactory::MessageFactory(uint64_t max_bytes) {
-    static const char kAlnum[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    static const char kAlnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     size_t lines = max_bytes / kLineBytes + kOffsets + 2;
     filler_.resize(lines * kLineBytes);
     uint64_t x = 0x726d62656e6368ull;
@@ -117,7 +125,7 @@ size_t MessageFactory::append(std::string& out, uint64_t seq, uint64_t size_byte
     if (cut_cr) out.push_back('Z');
     out.append("\r\n");
 
-    uint32_t sum = spool::crc32c(0, out.data() + rest, out.size() - rest);
+    uint32_t sum = spool::crc32c(seq_crc(seq), out.data() + rest, out.size() - rest);
     snprintf(head, sizeof head, "%08x", sum);
     memcpy(out.data() + rest - 10, head, 8);
     return out.size() - start;
@@ -145,7 +153,7 @@ void BodyVerifier::feed(std::string_view content) {
         if (c != '\n') continue;
         end_of_line();
         if (state_ == State::summing)
-            crc_ = spool::crc32c(0, content.data() + i + 1, content.size() - i - 1);
+            crc_ = spool::crc32c(crc_, content.data() + i + 1, content.size() - i - 1);
     }
 }
 
@@ -178,6 +186,7 @@ void BodyVerifier::end_of_line() {
     header_bad_ = !ok;
     seq_ = seq;
     want_ = sum;
+    crc_ = seq_crc(seq);
 }
 
 BodyVerifier::Result BodyVerifier::finish() {

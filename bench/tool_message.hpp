@@ -3,9 +3,10 @@
 // Who uses it: the load generator builds message text with MessageFactory and reads replies with
 // ReplyReader; the sink checks each received body with BodyVerifier. Guarantees:
 //  - every generated message starts with `X-Ringmail-Bench: seq=<n> sum=<crc32c hex>` whose sum
-//    covers every byte after that header line up to the end of the content (the CRLF before the
-//    terminating dot), so any change to those bytes — by the relay, the network path or the sink
-//    itself — is detected; a relay may add headers above it (Received) without harm;
+//    covers the seq (as 8 little-endian bytes) and then every byte after that header line up to
+//    the end of the content (the CRLF before the terminating dot), so any change to those bytes —
+//    by the relay, the network path or the sink itself — is detected; a relay may add headers
+//    above it (Received) without harm;
 //  - generated text never needs dot-stuffing (no line starts with '.'), uses CRLF line endings
 //    only, has lines well under 998 octets, and is exactly the requested size when that size
 //    exceeds the headers;
@@ -28,7 +29,8 @@ namespace ringmail::bench {
 }
 
 [[nodiscard]] inline uint64_t fnv1a(std::string_view s, uint64_t h = 0xcbf29ce484222325ull) {
-    for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+    for (unsigned char c : s)
+        h = (h ^ c) * 0x100000001b3ull;
     return h;
 }
 
@@ -42,14 +44,14 @@ namespace ringmail::bench {
 
 // A message size distribution: "1k:70,10k:25,100k:5" (weights need not sum to 100).
 class SizeDist {
-public:
+  public:
     [[nodiscard]] bool parse(std::string_view text, std::string* error);
     void set_fixed(uint64_t bytes) { entries_ = {{bytes, 1}}, total_ = 1; }
     // Deterministic in seq, so a rerun sends the same sizes.
     [[nodiscard]] uint64_t pick(uint64_t seq) const;
     [[nodiscard]] uint64_t max() const;
 
-private:
+  private:
     struct Entry {
         uint64_t bytes;
         uint64_t weight;
@@ -61,7 +63,7 @@ private:
 inline constexpr std::string_view kBenchHeader = "X-Ringmail-Bench:";
 
 class MessageFactory {
-public:
+  public:
     // max_bytes: the largest message that will be asked for.
     explicit MessageFactory(uint64_t max_bytes);
 
@@ -70,13 +72,13 @@ public:
     size_t append(std::string& out, uint64_t seq, uint64_t size_bytes, std::string_view from,
                   std::string_view to) const;
 
-private:
+  private:
     std::string filler_;  // lines of 78 alphanumerics + CRLF, shared by every message
 };
 
 // Checks one message's content as it streams in (after dot-unstuffing).
 class BodyVerifier {
-public:
+  public:
     enum class Result : uint8_t { ok, corrupt, missing };
 
     void begin();
@@ -84,7 +86,7 @@ public:
     [[nodiscard]] Result finish();
     [[nodiscard]] uint64_t seq() const { return seq_; }  // valid unless finish() says missing
 
-private:
+  private:
     enum class State : uint8_t { headers, summing, no_header };
     void end_of_line();
 
@@ -101,7 +103,7 @@ private:
 // Splits a stream of server replies into lines (RFC 5321 §4.2: "NNN-text" continues, "NNN text"
 // or "NNN" ends a reply). A line longer than 1024 octets or without a 3-digit code is malformed.
 class ReplyReader {
-public:
+  public:
     struct Line {
         int code;
         bool last;  // the final line of its reply
@@ -112,7 +114,7 @@ public:
     [[nodiscard]] bool feed(std::string_view in, F&& on_line);
     void reset() { len_ = 0; }
 
-private:
+  private:
     [[nodiscard]] static bool parse(std::string_view line, Line* out);
     static constexpr size_t kLineMax = 1024;
     size_t len_ = 0;
@@ -130,7 +132,8 @@ bool ReplyReader::feed(std::string_view in, F&& on_line) {
             line = piece;  // whole line in this buffer: parse in place
         } else {
             if (len_ + piece.size() > kLineMax) return false;
-            for (char c : piece) buf_[len_++] = c;
+            for (char c : piece)
+                buf_[len_++] = c;
             if (lf == std::string_view::npos) return true;
             line = std::string_view(buf_, len_);
         }

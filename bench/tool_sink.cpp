@@ -30,7 +30,7 @@ constexpr uint32_t kRecvBufferCount = 1024;
 class SinkWorker;
 
 class SinkConn {
-public:
+  public:
     SinkConn(SinkWorker& w, const SinkOptions& opt, SinkCounters& counters, SeqSet* seen)
         : worker_(w), session_(opt, counters, seen) {}
 
@@ -38,7 +38,7 @@ public:
     void resume_recv();
     [[nodiscard]] bool counted() const { return counted_; }
 
-private:
+  private:
     static constexpr uint32_t kPendingMax = 32;
     static constexpr uint32_t kPendingStop = 4;
     struct Pending {
@@ -79,7 +79,7 @@ private:
 };
 
 class SinkWorker {
-public:
+  public:
     SinkWorker(const SinkConfig& cfg, std::vector<int> listen_fds, SinkCounters& counters,
                SeqSet* seen, std::atomic<uint32_t>& active)
         : cfg_(cfg),
@@ -89,7 +89,8 @@ public:
           active_(active),
           stop_fd_(eventfd(0, EFD_CLOEXEC)) {}
     ~SinkWorker() {
-        for (int fd : listen_fds_) close(fd);
+        for (int fd : listen_fds_)
+            close(fd);
         close(stop_fd_);
     }
 
@@ -110,7 +111,7 @@ public:
     }
     void starved(SinkConn* c) { starved_.push_back(c); }
 
-private:
+  private:
     struct AcceptOp {
         IoOp op;
         SinkWorker* worker;
@@ -129,6 +130,7 @@ private:
     int stop_fd_;
     uint64_t stop_buf_ = 0;
     bool stopping_ = false;
+    uint32_t accepts_armed_ = 0;
     uint64_t now_ms_ = 0;
     std::vector<std::unique_ptr<AcceptOp>> accepts_;
     std::vector<std::unique_ptr<SinkConn>> conns_;
@@ -232,7 +234,8 @@ void SinkConn::pump() {
 
 void SinkConn::drop_pending() {
     Reactor& r = worker_.reactor();
-    for (uint32_t i = 0; i < npending_; i++) r.recycle(pending_[i].bid);
+    for (uint32_t i = 0; i < npending_; i++)
+        r.recycle(pending_[i].bid);
     npending_ = 0;
 }
 
@@ -320,7 +323,8 @@ bool SinkWorker::run(std::string* error) {
     if (!reactor_.init(kRingEntries, kRecvBufferBytes, kRecvBufferCount, error)) return false;
     now_ms_ = bench::now_ms();
     for (size_t i = 0; i < listen_fds_.size(); i++) {
-        accepts_.push_back(std::make_unique<AcceptOp>(AcceptOp{{&SinkWorker::on_accept, nullptr}, this, i}));
+        accepts_.push_back(
+            std::make_unique<AcceptOp>(AcceptOp{{&SinkWorker::on_accept, nullptr}, this, i}));
         accepts_.back()->op.owner = accepts_.back().get();
         arm_accept(i);
     }
@@ -328,21 +332,36 @@ bool SinkWorker::run(std::string* error) {
     while (!stopping_) {
         reactor_.run_once([](uint64_t, int) {});
         now_ms_ = bench::now_ms();
-        for (SinkConn* c : starved_) c->resume_recv();
+        for (SinkConn* c : starved_)
+            c->resume_recv();
         starved_.clear();
     }
+    // A multishot accept holds its listening socket until the request ends, and a ring torn
+    // down at exit ends it only later, in the kernel's own time: the port would still be taken
+    // when the next sink (or a test) binds it. End the accepts here and wait for that.
+    for (int fd : listen_fds_) {
+        io_uring_sqe* s = reactor_.sqe();
+        io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(s, kTagIgnore);
+    }
+    while (accepts_armed_ > 0)
+        reactor_.run_once([](uint64_t, int) {});
     return true;
 }
 
 void SinkWorker::arm_accept(size_t i) {
-    io_uring_prep_multishot_accept(reactor_.sqe(accepts_[i]->op), listen_fds_[i], nullptr,
-                                   nullptr, SOCK_CLOEXEC);
+    accepts_armed_++;
+    io_uring_prep_multishot_accept(reactor_.sqe(accepts_[i]->op), listen_fds_[i], nullptr, nullptr,
+                                   SOCK_CLOEXEC);
 }
 
 void SinkWorker::on_accept(void* self, int res, uint32_t flags) {
     auto* a = static_cast<AcceptOp*>(self);
     SinkWorker* w = a->worker;
-    if (!(flags & IORING_CQE_F_MORE) && !w->stopping_) w->arm_accept(a->index);
+    if (!(flags & IORING_CQE_F_MORE)) {
+        w->accepts_armed_--;
+        if (!w->stopping_) w->arm_accept(a->index);
+    }
     if (res < 0) {
         if (res != -ECANCELED) LOG_WARN("accept: %s", strerror(-res));
         return;
@@ -369,7 +388,9 @@ void SinkWorker::accepted(int fd) {
     c->open(fd, refuse, counted);
 }
 
-void SinkWorker::on_stop(void* self, int, uint32_t) { static_cast<SinkWorker*>(self)->stopping_ = true; }
+void SinkWorker::on_stop(void* self, int, uint32_t) {
+    static_cast<SinkWorker*>(self)->stopping_ = true;
+}
 
 // --- reports -----------------------------------------------------------------------------
 
@@ -431,19 +452,19 @@ std::string report_json(const Totals& t, double elapsed_s, bool verify, bool fin
 
 std::string report_human(const Totals& t, double elapsed_s, bool verify) {
     char b[2048];
-    int n = snprintf(
-        b, sizeof b,
-        "ringmail-bench sink: %.3f s\n"
-        "  sessions        %llu (refused %llu)\n"
-        "  messages        %llu (%.0f/s), recipients %llu, bytes %llu\n"
-        "  rcpt failures   temp %llu, perm %llu; no valid rcpt %llu\n"
-        "  data failures   temp %llu, perm %llu; dropped %llu\n",
-        elapsed_s, (unsigned long long)t.sessions, (unsigned long long)t.refused_sessions,
-        (unsigned long long)t.messages, elapsed_s > 0 ? double(t.messages) / elapsed_s : 0.0,
-        (unsigned long long)t.recipients, (unsigned long long)t.bytes,
-        (unsigned long long)t.rcpt_temp_fail, (unsigned long long)t.rcpt_perm_fail,
-        (unsigned long long)t.no_valid_rcpt, (unsigned long long)t.data_temp_fail,
-        (unsigned long long)t.data_perm_fail, (unsigned long long)t.dropped);
+    int n = snprintf(b, sizeof b,
+                     "ringmail-bench sink: %.3f s\n"
+                     "  sessions        %llu (refused %llu)\n"
+                     "  messages        %llu (%.0f/s), recipients %llu, bytes %llu\n"
+                     "  rcpt failures   temp %llu, perm %llu; no valid rcpt %llu\n"
+                     "  data failures   temp %llu, perm %llu; dropped %llu\n",
+                     elapsed_s, (unsigned long long)t.sessions,
+                     (unsigned long long)t.refused_sessions, (unsigned long long)t.messages,
+                     elapsed_s > 0 ? double(t.messages) / elapsed_s : 0.0,
+                     (unsigned long long)t.recipients, (unsigned long long)t.bytes,
+                     (unsigned long long)t.rcpt_temp_fail, (unsigned long long)t.rcpt_perm_fail,
+                     (unsigned long long)t.no_valid_rcpt, (unsigned long long)t.data_temp_fail,
+                     (unsigned long long)t.data_perm_fail, (unsigned long long)t.dropped);
     if (verify && n > 0 && size_t(n) < sizeof b)
         snprintf(b + n, sizeof b - size_t(n),
                  "  verify          ok %llu, corrupt %llu, no header %llu, duplicates %llu\n",
@@ -455,7 +476,8 @@ std::string report_human(const Totals& t, double elapsed_s, bool verify) {
 }  // namespace
 
 int run_sink(const SinkConfig& cfg) {
-    uint32_t threads = cfg.threads ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
+    uint32_t threads =
+        cfg.threads ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
     std::string error;
     auto fds = net::open_listeners(cfg.listen, threads, &error);
     if (fds.empty()) {
@@ -490,25 +512,28 @@ int run_sink(const SinkConfig& cfg) {
         });
     }
     std::string listening;
-    for (const auto& a : cfg.listen) listening += " " + a.host + ":" + std::to_string(a.port);
+    for (const auto& a : cfg.listen)
+        listening += " " + a.host + ":" + std::to_string(a.port);
     fprintf(stderr, "ringmail-bench sink: listening on%s (%u threads)\n", listening.c_str(),
             threads);
 
     const uint64_t t0 = now_ns();
     auto elapsed = [t0] { return double(now_ns() - t0) / 1e9; };
-    if (!cfg.stats_file.empty()) (void)write_file_atomic(cfg.stats_file, report_json({}, 0, cfg.session.verify, false));
+    if (!cfg.stats_file.empty())
+        (void)write_file_atomic(cfg.stats_file, report_json({}, 0, cfg.session.verify, false));
     double interval = cfg.report_interval_s > 0 ? cfg.report_interval_s : 1.0;
     uint64_t last_messages = 0;
     double last_t = 0;
     for (;;) {
-        timespec ts{static_cast<time_t>(interval), static_cast<long>(std::fmod(interval, 1.0) * 1e9)};
+        timespec ts{static_cast<time_t>(interval),
+                    static_cast<long>(std::fmod(interval, 1.0) * 1e9)};
         int sig = sigtimedwait(&set, nullptr, &ts);
         if (sig == SIGINT || sig == SIGTERM || failed.load() != 0) break;
         Totals t = sum(counters);
         double now = elapsed();
         if (cfg.report_interval_s > 0) {
-            fprintf(stderr, "sink %8.1fs  messages %llu (%.0f/s)  sessions %llu  corrupt %llu\n", now,
-                    (unsigned long long)t.messages,
+            fprintf(stderr, "sink %8.1fs  messages %llu (%.0f/s)  sessions %llu  corrupt %llu\n",
+                    now, (unsigned long long)t.messages,
                     double(t.messages - last_messages) / std::max(1e-9, now - last_t),
                     (unsigned long long)t.sessions, (unsigned long long)t.corrupt);
         }
@@ -517,8 +542,10 @@ int run_sink(const SinkConfig& cfg) {
         if (!cfg.stats_file.empty())
             (void)write_file_atomic(cfg.stats_file, report_json(t, now, cfg.session.verify, false));
     }
-    for (auto& w : workers) w->request_stop();
-    for (auto& th : pool) th.join();
+    for (auto& w : workers)
+        w->request_stop();
+    for (auto& th : pool)
+        th.join();
     Totals t = sum(counters);
     double secs = elapsed();
     std::string json = report_json(t, secs, cfg.session.verify, true);

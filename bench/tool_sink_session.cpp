@@ -19,7 +19,8 @@ constexpr uint64_t kSaltData = 0x64617461;
 
 SeqSet::SeqSet(uint64_t expect)
     : bits_((expect + 63) / 64 * 64), words_(new std::atomic<uint64_t>[bits_ / 64]) {
-    for (uint64_t i = 0; i < bits_ / 64; i++) words_[i].store(0, std::memory_order_relaxed);
+    for (uint64_t i = 0; i < bits_ / 64; i++)
+        words_[i].store(0, std::memory_order_relaxed);
 }
 
 bool SeqSet::insert(uint64_t seq) {
@@ -71,12 +72,14 @@ void SinkSession::output_sent(size_t n) {
     RM_ASSERT(n <= output().size());
     memmove(out_, out_ + n, out_len_ - n);
     out_len_ -= n;
-    for (size_t i = 0; i < ngates_; i++) gates_[i].start -= n;
+    for (size_t i = 0; i < ngates_; i++)
+        gates_[i].start -= n;
 }
 
 void SinkSession::release_held(uint64_t now_ms) {
     size_t k = 0;
-    while (k < ngates_ && gates_[k].until_ms <= now_ms) k++;
+    while (k < ngates_ && gates_[k].until_ms <= now_ms)
+        k++;
     memmove(gates_, gates_ + k, (ngates_ - k) * sizeof(Gate));
     ngates_ -= k;
 }
@@ -138,42 +141,42 @@ void SinkSession::execute(std::string_view line, uint64_t now_ms) {
     std::string_view args = sp == std::string_view::npos ? "" : line.substr(sp + 1);
     const smtp::VerbInfo* v = smtp::find_verb(word);
     switch (v ? v->verb : smtp::Verb::unknown) {
-    case smtp::Verb::ehlo:
-        return do_ehlo(args, true);
-    case smtp::Verb::helo:
-        return do_ehlo(args, false);
-    case smtp::Verb::mail:
-        if (!greeted_) return put("503 5.5.1 Error: send HELO/EHLO first\r\n");
-        if (mail_) return put("503 5.5.1 Error: nested MAIL command\r\n");
-        mail_ = true;
-        return put("250 2.1.0 Ok\r\n");
-    case smtp::Verb::rcpt:
-        return do_rcpt(args);
-    case smtp::Verb::data:
-        if (!mail_) return put("503 5.5.1 Error: need MAIL command\r\n");
-        if (rcpts_ok_ == 0) {
-            counters_.no_valid_rcpt.add();
+        case smtp::Verb::ehlo:
+            return do_ehlo(args, true);
+        case smtp::Verb::helo:
+            return do_ehlo(args, false);
+        case smtp::Verb::mail:
+            if (!greeted_) return put("503 5.5.1 Error: send HELO/EHLO first\r\n");
+            if (mail_) return put("503 5.5.1 Error: nested MAIL command\r\n");
+            mail_ = true;
+            return put("250 2.1.0 Ok\r\n");
+        case smtp::Verb::rcpt:
+            return do_rcpt(args);
+        case smtp::Verb::data:
+            if (!mail_) return put("503 5.5.1 Error: need MAIL command\r\n");
+            if (rcpts_ok_ == 0) {
+                counters_.no_valid_rcpt.add();
+                reset_transaction();
+                return put("554 5.5.1 Error: no valid recipients\r\n");
+            }
+            phase_ = Phase::data;
+            data_state_ = DataState::line_start;
+            verifier_.begin();
+            msg_bytes_ = 0;
+            return put("354 End data with <CR><LF>.<CR><LF>\r\n");
+        case smtp::Verb::bdat:
+            return do_bdat(args, now_ms);
+        case smtp::Verb::rset:
             reset_transaction();
-            return put("554 5.5.1 Error: no valid recipients\r\n");
-        }
-        phase_ = Phase::data;
-        data_state_ = DataState::line_start;
-        verifier_.begin();
-        msg_bytes_ = 0;
-        return put("354 End data with <CR><LF>.<CR><LF>\r\n");
-    case smtp::Verb::bdat:
-        return do_bdat(args, now_ms);
-    case smtp::Verb::rset:
-        reset_transaction();
-        return put("250 2.0.0 Ok\r\n");
-    case smtp::Verb::noop:
-        return put("250 2.0.0 Ok\r\n");
-    case smtp::Verb::quit:
-        put("221 2.0.0 Bye\r\n");
-        close_ = true;
-        return;
-    default:
-        return put("502 5.5.2 Error: command not recognized\r\n");
+            return put("250 2.0.0 Ok\r\n");
+        case smtp::Verb::noop:
+            return put("250 2.0.0 Ok\r\n");
+        case smtp::Verb::quit:
+            put("221 2.0.0 Bye\r\n");
+            close_ = true;
+            return;
+        default:
+            return put("502 5.5.2 Error: command not recognized\r\n");
     }
 }
 
@@ -206,10 +209,9 @@ void SinkSession::do_ehlo(std::string_view args, bool esmtp) {
 void SinkSession::do_rcpt(std::string_view args) {
     if (!mail_) return put("503 5.5.1 Error: need MAIL command\r\n");
     size_t lt = args.find('<'), gt = args.find('>');
-    std::string_view addr =
-        lt != std::string_view::npos && gt != std::string_view::npos && gt > lt
-            ? args.substr(lt + 1, gt - lt - 1)
-            : args;
+    std::string_view addr = lt != std::string_view::npos && gt != std::string_view::npos && gt > lt
+                                ? args.substr(lt + 1, gt - lt - 1)
+                                : args;
     uint64_t key = fnv1a(addr);
     double r = draw(kSaltRcpt, key);
     if (r < opt_.rcpt_temp_fail) {
@@ -277,52 +279,52 @@ size_t SinkSession::feed_data(std::string_view in, uint64_t now_ms) {
     size_t i = 0, span = 0;
     while (i < n) {
         switch (data_state_) {
-        case DataState::line_start:
-            if (in[i] == '.') {
-                content(in.substr(span, i - span));
-                span = ++i;
-                data_state_ = DataState::dot;
-            } else {
-                data_state_ = DataState::mid_line;
-            }
-            break;
-        case DataState::mid_line: {
-            const void* cr = memchr(in.data() + i, '\r', n - i);
-            if (!cr) {
-                i = n;
+            case DataState::line_start:
+                if (in[i] == '.') {
+                    content(in.substr(span, i - span));
+                    span = ++i;
+                    data_state_ = DataState::dot;
+                } else {
+                    data_state_ = DataState::mid_line;
+                }
+                break;
+            case DataState::mid_line: {
+                const void* cr = memchr(in.data() + i, '\r', n - i);
+                if (!cr) {
+                    i = n;
+                    break;
+                }
+                i = static_cast<size_t>(static_cast<const char*>(cr) - in.data()) + 1;
+                data_state_ = DataState::cr;
                 break;
             }
-            i = static_cast<size_t>(static_cast<const char*>(cr) - in.data()) + 1;
-            data_state_ = DataState::cr;
-            break;
-        }
-        case DataState::cr:
-            if (in[i] == '\n') {
-                i++;
-                data_state_ = DataState::line_start;
-            } else {
-                data_state_ = DataState::mid_line;
-            }
-            break;
-        case DataState::dot:
-            if (in[i] == '\r') {
-                content(in.substr(span, i - span));
-                span = ++i;
-                data_state_ = DataState::dot_cr;
-            } else {
-                data_state_ = DataState::mid_line;
-            }
-            break;
-        case DataState::dot_cr:
-            if (in[i] != '\n') {
-                content("\r");  // ".\r" then something else: the CR was text after all
-                data_state_ = DataState::mid_line;
+            case DataState::cr:
+                if (in[i] == '\n') {
+                    i++;
+                    data_state_ = DataState::line_start;
+                } else {
+                    data_state_ = DataState::mid_line;
+                }
                 break;
-            }
-            if (sizeof out_ - out_len_ < kReplyMaxBytes) return i;
-            end_message(now_ms);
-            phase_ = Phase::command;
-            return i + 1;
+            case DataState::dot:
+                if (in[i] == '\r') {
+                    content(in.substr(span, i - span));
+                    span = ++i;
+                    data_state_ = DataState::dot_cr;
+                } else {
+                    data_state_ = DataState::mid_line;
+                }
+                break;
+            case DataState::dot_cr:
+                if (in[i] != '\n') {
+                    content("\r");  // ".\r" then something else: the CR was text after all
+                    data_state_ = DataState::mid_line;
+                    break;
+                }
+                if (sizeof out_ - out_len_ < kReplyMaxBytes) return i;
+                end_message(now_ms);
+                phase_ = Phase::command;
+                return i + 1;
         }
     }
     content(in.substr(span, n - span));

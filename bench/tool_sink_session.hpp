@@ -33,7 +33,9 @@ namespace ringmail::bench {
 // A counter written by one thread and read by the reporter: no lock prefix on the hot path.
 struct Counter {
     std::atomic<uint64_t> v{0};
-    void add(uint64_t n = 1) { v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+    void add(uint64_t n = 1) {
+        v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
     [[nodiscard]] uint64_t get() const { return v.load(std::memory_order_relaxed); }
 };
 
@@ -46,12 +48,12 @@ struct SinkCounters {
 // The bench seqs seen so far, shared by the sink's threads: an atomic bitmap below the expected
 // count (one fetch_or per message), a locked hash set above it.
 class SeqSet {
-public:
+  public:
     explicit SeqSet(uint64_t expect);
     // True the first time seq is seen.
     [[nodiscard]] bool insert(uint64_t seq);
 
-private:
+  private:
     uint64_t bits_;
     std::unique_ptr<std::atomic<uint64_t>[]> words_;
     std::mutex mu_;
@@ -71,7 +73,7 @@ struct SinkOptions {
 };
 
 class SinkSession {
-public:
+  public:
     SinkSession(const SinkOptions& opt, SinkCounters& counters, SeqSet* seen);
     SinkSession(const SinkSession&) = delete;
     SinkSession& operator=(const SinkSession&) = delete;
@@ -93,7 +95,7 @@ public:
     [[nodiscard]] bool wants_close() const { return close_; }
     [[nodiscard]] bool abort_now() const { return abort_; }
 
-private:
+  private:
     enum class Phase : uint8_t { command, data, bdat };
     enum class DataState : uint8_t { line_start, mid_line, cr, dot, dot_cr };
     static constexpr size_t kOutBytes = 16384;

@@ -71,7 +71,7 @@ struct Txn {
 class SourceWorker;
 
 class ClientConn {
-public:
+  public:
     ClientConn(SourceWorker& w, uint32_t recipients);
     void connect();
     void start_txn(const Msg& m);
@@ -79,7 +79,7 @@ public:
     void resume_recv();
     bool in_idle = false;
 
-private:
+  private:
     enum class State : uint8_t { connecting, greeting, ehlo, ready, txn, quitting, closing, done };
 
     void expect(Phase p) {
@@ -134,10 +134,10 @@ private:
 };
 
 class SourceWorker {
-public:
+  public:
     SourceWorker(const SourceConfig& config, const MessageFactory& messages, uint32_t index,
-                 uint32_t threads, uint32_t sessions, uint64_t share, uint64_t base,
-                 uint64_t t0_ns, ThreadStats& stats)
+                 uint32_t threads, uint32_t sessions, uint64_t share, uint64_t base, uint64_t t0_ns,
+                 ThreadStats& stats)
         : cfg(config),
           factory(messages),
           st(stats),
@@ -149,9 +149,8 @@ public:
           t0_ns_(t0_ns),
           stop_fd_(eventfd(0, EFD_CLOEXEC)) {
         messages_mode_ = !config.idle && (config.messages > 0 || config.duration_s <= 0);
-        end_ns_ = config.duration_s > 0
-                      ? t0_ns + static_cast<uint64_t>(config.duration_s * 1e9)
-                      : 0;
+        end_ns_ =
+            config.duration_s > 0 ? t0_ns + static_cast<uint64_t>(config.duration_s * 1e9) : 0;
         if (config.rate > 0) interval_ns_ = 1e9 * threads / config.rate;
     }
     ~SourceWorker() { close(stop_fd_); }
@@ -186,7 +185,7 @@ public:
     sockaddr_storage target{};
     socklen_t target_len = 0;
 
-private:
+  private:
     void dispatch();
     void arm_timer();
     static void on_timer(void* self, int res, uint32_t flags);
@@ -218,7 +217,8 @@ private:
 
 size_t pow2_at_least(size_t n) {
     size_t p = 1;
-    while (p < n) p <<= 1;
+    while (p < n)
+        p <<= 1;
     return p;
 }
 
@@ -341,47 +341,47 @@ void ClientConn::on_reply(int code) {
     const bool ok = code / 100 == 2;
     const bool pipelined = pipelining_;
     switch (ph) {
-    case Phase::greeting:
-        if (!ok) {
-            st_.refused++;
-            dead_ = true;
-            return begin_close();
-        }
-        state_ = State::ehlo;
-        return send_simple("EHLO client.ringmail-bench.test\r\n", Phase::ehlo);
-    case Phase::ehlo:
-        if (!ok) return quit();
-        pipelining_ = cfg_.pipelining && saw_pipelining_;
-        st_.connections.add();
-        return next_work();
-    case Phase::mail:
-        if (!ok) cur_.failed = true;
-        if (pipelined) return;
-        if (!ok) return send_simple("RSET\r\n", Phase::rset);
-        put_rcpt(buf(), cur_.seq, cur_.rcpt_sent++);
-        expect(Phase::rcpt);
-        return kick();
-    case Phase::rcpt:
-        if (ok) cur_.rcpt_ok++;
-        if (pipelined) return;
-        if (cur_.rcpt_sent < cfg_.recipients) {
+        case Phase::greeting:
+            if (!ok) {
+                st_.refused++;
+                dead_ = true;
+                return begin_close();
+            }
+            state_ = State::ehlo;
+            return send_simple("EHLO client.ringmail-bench.test\r\n", Phase::ehlo);
+        case Phase::ehlo:
+            if (!ok) return quit();
+            pipelining_ = cfg_.pipelining && saw_pipelining_;
+            st_.connections.add();
+            return next_work();
+        case Phase::mail:
+            if (!ok) cur_.failed = true;
+            if (pipelined) return;
+            if (!ok) return send_simple("RSET\r\n", Phase::rset);
             put_rcpt(buf(), cur_.seq, cur_.rcpt_sent++);
             expect(Phase::rcpt);
             return kick();
-        }
-        if (cur_.rcpt_ok > 0) return send_simple("DATA\r\n", Phase::data);
-        cur_.failed = true;
-        return send_simple("RSET\r\n", Phase::rset);
-    case Phase::data:
-        if (code == 354) return send_body();
-        cur_.failed = true;
-        return send_simple("RSET\r\n", Phase::rset);
-    case Phase::eom:
-        return finish_txn(ok, true);
-    case Phase::rset:
-        return finish_txn(false, false);
-    case Phase::quit:
-        return begin_close();
+        case Phase::rcpt:
+            if (ok) cur_.rcpt_ok++;
+            if (pipelined) return;
+            if (cur_.rcpt_sent < cfg_.recipients) {
+                put_rcpt(buf(), cur_.seq, cur_.rcpt_sent++);
+                expect(Phase::rcpt);
+                return kick();
+            }
+            if (cur_.rcpt_ok > 0) return send_simple("DATA\r\n", Phase::data);
+            cur_.failed = true;
+            return send_simple("RSET\r\n", Phase::rset);
+        case Phase::data:
+            if (code == 354) return send_body();
+            cur_.failed = true;
+            return send_simple("RSET\r\n", Phase::rset);
+        case Phase::eom:
+            return finish_txn(ok, true);
+        case Phase::rset:
+            return finish_txn(false, false);
+        case Phase::quit:
+            return begin_close();
     }
 }
 
@@ -643,7 +643,9 @@ void SourceWorker::on_timer(void* self, int, uint32_t) {
     static_cast<SourceWorker*>(self)->timer_armed_ = false;
 }
 
-void SourceWorker::on_stop(void* self, int, uint32_t) { static_cast<SourceWorker*>(self)->stop_ = true; }
+void SourceWorker::on_stop(void* self, int, uint32_t) {
+    static_cast<SourceWorker*>(self)->stop_ = true;
+}
 
 bool SourceWorker::run(const sockaddr_storage& t, socklen_t tlen, std::string* error) {
     target = t;
@@ -654,11 +656,13 @@ bool SourceWorker::run(const sockaddr_storage& t, socklen_t tlen, std::string* e
     for (uint32_t i = 0; i < sessions_; i++)
         conns_.push_back(std::make_unique<ClientConn>(*this, cfg.recipients));
     live_ = sessions_;
-    for (auto& c : conns_) c->connect();
+    for (auto& c : conns_)
+        c->connect();
     while (live_ > 0) {
         arm_timer();
         reactor_.run_once([](uint64_t, int) {});
-        for (ClientConn* c : starved_) c->resume_recv();
+        for (ClientConn* c : starved_)
+            c->resume_recv();
         starved_.clear();
         dispatch();
     }
@@ -703,7 +707,8 @@ void merge(Totals& t, const ThreadStats& s) {
     if (s.first_start_ns) t.first_ns = std::min(t.first_ns, s.first_start_ns);
     t.last_ns = std::max(t.last_ns, s.last_done_ns);
     for (size_t p = 0; p < kPhases; p++)
-        for (size_t c = 0; c < 400; c++) t.replies[p][c] += s.replies[p][c];
+        for (size_t c = 0; c < 400; c++)
+            t.replies[p][c] += s.replies[p][c];
     t.eom_us.merge(s.eom_us);
     t.txn_us.merge(s.txn_us);
 }
@@ -714,7 +719,9 @@ std::string report(const SourceConfig& cfg, const Totals& t, double wall_s, uint
     Json j;
     j.begin()
         .str("tool", "source")
-        .str("mode", cfg.idle ? "idle" : cfg.rate > 0 ? "open" : "closed")
+        .str("mode", cfg.idle       ? "idle"
+                     : cfg.rate > 0 ? "open"
+                                    : "closed")
         .real("rate_requested", cfg.rate)
         .num("threads", threads)
         .num("sessions", cfg.sessions)
@@ -813,7 +820,8 @@ int run_source(const SourceConfig& in) {
         fprintf(stderr, "ringmail-bench source: %s is not an IP address\n", cfg.host.c_str());
         return 2;
     }
-    uint32_t threads = cfg.threads ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
+    uint32_t threads =
+        cfg.threads ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
     threads = std::min(threads, std::max(1u, cfg.sessions));
 
     sigset_t set;
@@ -832,8 +840,8 @@ int run_source(const SourceConfig& in) {
         uint32_t sessions = cfg.sessions / threads + (t < cfg.sessions % threads);
         uint64_t share = cfg.messages / threads + (t < cfg.messages % threads);
         stats.push_back(std::make_unique<ThreadStats>());
-        workers.push_back(std::make_unique<SourceWorker>(cfg, factory, t, threads, sessions,
-                                                         share, base, t0, *stats[t]));
+        workers.push_back(std::make_unique<SourceWorker>(cfg, factory, t, threads, sessions, share,
+                                                         base, t0, *stats[t]));
         base += share;
     }
     std::atomic<uint32_t> finished{0};
@@ -858,7 +866,8 @@ int run_source(const SourceConfig& in) {
         int sig = sigtimedwait(&set, nullptr, &ts);
         if ((sig == SIGINT || sig == SIGTERM) && !stopping) {
             stopping = true;  // finish what is in flight, then QUIT
-            for (auto& w : workers) w->request_stop();
+            for (auto& w : workers)
+                w->request_stop();
         }
         if (progress && sig < 0) {
             uint64_t started = 0, done = 0, conns = 0;
@@ -873,11 +882,13 @@ int run_source(const SourceConfig& in) {
                     el > 0 ? double(done) / el : 0.0, (unsigned long long)conns);
         }
     }
-    for (auto& th : pool) th.join();
+    for (auto& th : pool)
+        th.join();
     if (progress) fprintf(stderr, "\n");
     double wall = double(now_ns() - t0) / 1e9;
     auto totals = std::make_unique<Totals>();
-    for (auto& s : stats) merge(*totals, *s);
+    for (auto& s : stats)
+        merge(*totals, *s);
     std::string out = report(cfg, *totals, wall, threads);
     fwrite(out.data(), 1, out.size(), stdout);
     fflush(stdout);

@@ -28,8 +28,8 @@ struct SourceConfig {
     uint16_t port = 25;
     uint32_t threads = 0;  // 0: online CPUs
     uint32_t sessions = 20;
-    uint64_t messages = 0;    // 0 with duration 0: 10000
-    double duration_s = 0;    // stop starting messages after this long
+    uint64_t messages = 0;                 // 0 with duration 0: 10000
+    double duration_s = 0;                 // stop starting messages after this long
     uint32_t messages_per_connection = 0;  // 0: unlimited
     uint32_t recipients = 1;
     uint32_t domains = 1;

@@ -40,7 +40,8 @@ class CommitWaiter {
     uint16_t rcpts = 0;  // for the queue entry
     // The recipients of the staged message (views valid until commit_finished), for delivery.
     std::span<const spool::RcptField> rcpt_view;
-    bool sealed = false;  // set by the committer
+    bool sealed = false;   // set by the committer
+    bool is_copy = false;  // a compaction's forward copy of a queued message, not a new one
     virtual void commit_finished(smtp::CommitResult r) = 0;
 
   protected:

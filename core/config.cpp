@@ -144,6 +144,9 @@ int parse_config(int argc, char** argv, Config& c) {
     app.add_option("--outbound-idle-ms", c.outbound_idle_ms,
                    "how long an idle outbound connection waits for the next message")
         ->capture_default_str();
+    app.add_option("--compact-after", c.compact_after,
+                   "age of a spool segment whose few live messages are copied forward")
+        ->capture_default_str();
     app.add_option("--max-received-headers", c.received_headers_max,
                    "Received headers beyond which a message is a loop (5.4.6)")
         ->capture_default_str();
@@ -190,6 +193,12 @@ int parse_config(int argc, char** argv, Config& c) {
         c.queue_lifetime_ms == 0) {
         fprintf(stderr, "ringmail: --max-queue-lifetime %s: expected a duration, e.g. 5d\n",
                 c.queue_lifetime.c_str());
+        return 3;
+    }
+    if (!sched::parse_duration_ms(c.compact_after, &c.compact_after_ms) ||
+        c.compact_after_ms == 0) {
+        fprintf(stderr, "ringmail: --compact-after %s: expected a duration, e.g. 1h\n",
+                c.compact_after.c_str());
         return 3;
     }
     c.retry_first_ms = rp.first_ms;

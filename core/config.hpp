@@ -56,8 +56,10 @@ struct Config {
     uint32_t timeout_connect_ms = 30'000;
     uint32_t outbound_timeout_scale_percent = 100;  // RFC 5321 §4.5.3.2 client timeouts, scaled
     uint32_t outbound_idle_ms = 2000;               // idle reused connection before QUIT
-    uint32_t received_headers_max = 50;             // more: a mail loop, bounce 5.4.6
-    bool fsync = true;  // only a benchmark may turn this off; logged loudly
+    uint32_t received_headers_max = 50;
+    std::string compact_after = "1h";  // a segment this old that pins live messages is compacted
+    uint64_t compact_after_ms = 0;     // more: a mail loop, bounce 5.4.6
+    bool fsync = true;                 // only a benchmark may turn this off; logged loudly
     std::string log_level = "info";
 };
 

@@ -79,8 +79,9 @@ Delivery::Delivery(Engine& engine, uint32_t core)
           return p;
       }()),
       reader_(engine.reactor(), engine.config().spool_dir) {
-    segdirs_.push_back(
-        std::make_unique<SegDir>(SegDir{static_cast<uint16_t>(core), spool::SegmentTracker()}));
+    segdirs_.push_back(std::make_unique<SegDir>(
+        SegDir{static_cast<uint16_t>(core),
+               spool::SegmentTracker(static_cast<int64_t>(config_.compact_after_ms))}));
     limits_.connections_max = config_.connections_per_destination_max;
     limits_.messages_per_connection = config_.messages_per_connection_max;
     limits_.rcpts_per_transaction = config_.recipients_per_transaction_max;
@@ -95,7 +96,8 @@ Delivery::~Delivery() = default;
 uint16_t Delivery::segdir_for(uint16_t dir) {
     for (size_t i = 0; i < segdirs_.size(); i++)
         if (segdirs_[i]->dir == dir) return static_cast<uint16_t>(i);
-    segdirs_.push_back(std::make_unique<SegDir>(SegDir{dir, spool::SegmentTracker()}));
+    segdirs_.push_back(std::make_unique<SegDir>(
+        SegDir{dir, spool::SegmentTracker(static_cast<int64_t>(config_.compact_after_ms))}));
     return static_cast<uint16_t>(segdirs_.size() - 1);
 }
 
@@ -187,6 +189,7 @@ void Delivery::message_committed(const QueueEntry& e, std::span<const spool::Rcp
     Held& h = held_[m.index];
     h.at = RecordLocation{e.dir, e.segment_seq, e.offset, e.record_bytes};
     h.id = e.id;
+    h.generation = m.generation;
     h.segdir = 0;
     h.slot = segdirs_[0]->tracker.message_added(e.segment_seq, e.id);
     h.tracked = true;
@@ -213,6 +216,7 @@ void Delivery::add_recovered(const RecoveredQueueEntry& r) {
     Held& h = held_[m.index];
     h.at = RecordLocation{r.entry.dir, r.entry.segment_seq, r.entry.offset, r.entry.record_bytes};
     h.id = r.entry.id;
+    h.generation = m.generation;
     h.segdir = segdir_for(r.entry.dir);
     h.tracked = segdirs_[h.segdir]->tracker.has_segment(r.entry.segment_seq);
     if (h.tracked) h.slot = segdirs_[h.segdir]->tracker.message_added(r.entry.segment_seq, h.id);
@@ -630,8 +634,7 @@ void Delivery::handle_job(const JobMsg& j) {
     uint64_t now = engine_.now_ms();
     if (it != destinations_.end() &&
         (it->second->resolution->expires_ms == 0 || it->second->resolution->expires_ms > now)) {
-        it->second->queue.push(j);
-        job_ready(*it->second);
+        queue_job(*it->second, j);
         return;
     }
     // This core has not resolved the destination yet (or its answer expired): ask its own
@@ -665,8 +668,21 @@ void Delivery::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
     }
     slot->resolution = r;
     slot->port = self->config_.smarthost.empty() ? self->config_.delivery_port : r->port;
-    slot->queue.push(j);
-    self->job_ready(*slot);
+    self->queue_job(*slot, j);
+}
+
+// A destination that is resting after every host failed takes no job: it is deferred at
+// once with the reason, and follows its own retry schedule (as Postfix does for a dead
+// destination).
+void Delivery::queue_job(Destination& d, const JobMsg& j) {
+    if (d.queue.backoff_until_ms() > engine_.now_ms()) {
+        std::string text = "4.4.1 " + d.last_error;
+        for (uint16_t i = 0; i < j.rcpt_count; i++)
+            report(j, j.rcpts[i], sched::Outcome::deferred, text, "");
+        return;
+    }
+    d.queue.push(j);
+    job_ready(d);
 }
 
 void Delivery::job_ready(Destination& d) {
@@ -744,6 +760,10 @@ void Delivery::on_tick() {
     for (auto& c : conns_)
         c->tick(now);
     collect_segments();
+    if (now >= next_compaction_ms_) {
+        next_compaction_ms_ = now + 1000;
+        compact();
+    }
     // Destinations that rested after a failure may take their waiting jobs again.
     for (auto& [hash, d] : destinations_)
         if (d->queue.ready() > 0) start_connections(*d);
@@ -784,6 +804,134 @@ void Delivery::collect_segments() {
             unlinks_inflight_++;
         }
     }
+}
+
+// --- compaction: live messages of an old segment are copied forward (rules C1-C3) ----------
+
+class Delivery::CopyWaiter final : public CommitWaiter {
+  public:
+    Delivery* owner = nullptr;
+    sched::MessageRef ref{};
+    uint64_t id = 0;
+    SpoolReader::Read read;
+    spool::MessageView msg;
+    void commit_finished(smtp::CommitResult) override { owner->copy_finished(this); }
+};
+
+void Delivery::compact() {
+    if (!copies_.empty() || stopping_) return;  // rule C2: one at a time
+    int64_t now = static_cast<int64_t>(engine_.now_ms());
+    for (uint16_t i = 0; i < segdirs_.size(); i++) {
+        SegDir& d = *segdirs_[i];
+        uint64_t current = i == 0 ? engine_.committer().current_segment_seq() : UINT64_MAX;
+        auto cand = d.tracker.compaction_candidate(now, current);
+        if (!cand) continue;
+        live_.clear();
+        d.tracker.live_messages(*cand, live_);
+        LOG_DEBUG(
+            "compaction: segment %016llx of core-%u holds %zu live messages: copying them "
+            "forward",
+            static_cast<unsigned long long>(*cand), d.dir, live_.size());
+        for (const spool::LiveMessage& lm : live_) {
+            // Find its slot (a scan once per compaction: an hour apart by default).
+            for (uint32_t k = 0; k < held_.size(); k++) {
+                Held& h = held_[k];
+                if (!h.tracked || h.segdir != i || h.id != lm.id ||
+                    h.slot.segment_seq != lm.slot.segment_seq || h.slot.index != lm.slot.index)
+                    continue;
+                sched::MessageRef ref{k, h.generation};
+                if (!table_.valid(ref) || h.inflight > 0 || h.dsn_busy) break;  // next round
+                auto w = std::make_unique<CopyWaiter>();
+                w->owner = this;
+                w->ref = ref;
+                w->id = h.id;
+                w->is_copy = true;
+                w->read.at = h.at;
+                w->read.user = w.get();
+                w->read.done = [](SpoolReader::Read* r, int err) {
+                    auto* cw = static_cast<CopyWaiter*>(r->user);
+                    cw->owner->copy_read(cw, err);
+                };
+                CopyWaiter* raw = w.get();
+                copies_.push_back(std::move(w));
+                reader_.read(&raw->read);
+                break;
+            }
+        }
+        if (!copies_.empty()) return;
+    }
+}
+
+void Delivery::copy_read(CopyWaiter* w, int err) {
+    std::optional<spool::MessageView> m;
+    if (!err) {
+        auto rec = spool::decode_record(std::string_view(w->read.buf.data(), w->read.buf.size()),
+                                        w->read.salt, nullptr);
+        if (rec) m = spool::decode_message(rec->payload);
+    }
+    if (!m || m->id != w->id || !table_.valid(w->ref)) {
+        copy_finished(w);  // nothing copied; the next round may try again
+        return;
+    }
+    w->msg = std::move(*m);
+    const spool::MessageView& v = w->msg;
+    w->rcpt_view = v.rcpts;
+    w->rcpts = static_cast<uint16_t>(std::min<size_t>(v.rcpts.size(), UINT16_MAX));
+    spool::EnvelopeFields env{v.helo,      v.client_addr, v.protocol,
+                              v.mail_from, v.mail_params, v.rcpts};
+    Committer& c = engine_.committer();
+    if (!w->builder.begin(c.pool(), w->id, v.arrival_unix_us, env) || !w->builder.append(v.body)) {
+        w->builder.reset();
+        copy_finished(w);
+        return;
+    }
+    c.submit(w);
+    // The recipients' states follow the copy in the same batch (rule C1), so that the copy
+    // alone tells the whole story once the old segment is gone.
+    uint64_t now = engine_.now_ms();
+    int64_t real = realtime_us();
+    for (uint32_t r = 0; r < v.rcpts.size(); r++) {
+        sched::RcptState st = table_.rcpt_state(w->ref, r);
+        uint32_t attempts = table_.attempts(w->ref, r);
+        if (st == sched::RcptState::pending && attempts == 0) continue;
+        spool::Status s;
+        s.message_id = w->id;
+        s.rcpt = static_cast<uint16_t>(r);
+        s.attempts = static_cast<uint16_t>(attempts);
+        s.at_unix_us = real;
+        s.reply = "restated by compaction";
+        if (st == sched::RcptState::delivered) {
+            s.state = spool::StatusState::delivered;
+        } else if (st == sched::RcptState::bounced) {
+            s.state = spool::StatusState::bounced;
+        } else {
+            s.state = spool::StatusState::deferred;
+            uint64_t next = table_.next_attempt_ms(w->ref, r);
+            s.next_attempt_unix_us =
+                real + (next > now ? static_cast<int64_t>(next - now) : 0) * 1000;
+        }
+        c.append_status(s);
+    }
+}
+
+void Delivery::copy_committed(const QueueEntry& e, const CommitWaiter& cw) {
+    const auto& w = static_cast<const CopyWaiter&>(cw);
+    if (!table_.valid(w.ref)) return;
+    Held& h = held_[w.ref.index];
+    if (!h.tracked || h.id != w.id) return;  // final meanwhile: its old slot is settled (C3)
+    // The copy and its statuses are durable (rule D3): the old copy is dead.
+    segdirs_[h.segdir]->tracker.message_final(h.slot, h.id);
+    h.segdir = 0;
+    h.slot = segdirs_[0]->tracker.message_added(e.segment_seq, h.id);
+    h.at = RecordLocation{e.dir, e.segment_seq, e.offset, e.record_bytes};
+    stats_.compacted++;
+}
+
+void Delivery::copy_finished(CopyWaiter* w) {
+    auto it =
+        std::find_if(copies_.begin(), copies_.end(), [&](const auto& p) { return p.get() == w; });
+    RM_ASSERT(it != copies_.end());
+    copies_.erase(it);
 }
 
 void Delivery::on_unlinked(void* self, int res, uint32_t) {

@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/commit.hpp"
 #include "core/config.hpp"
 #include "core/queue.hpp"
 #include "core/reactor.hpp"
@@ -79,6 +80,8 @@ class Delivery {
     void add_recovered(const RecoveredQueueEntry& e);
     // The committer made a new segment in this core's own directory.
     void segment_created(uint64_t seq);
+    // A compaction's copy of a queued message is durable in this core's current segment.
+    void copy_committed(const QueueEntry& e, const CommitWaiter& w);
 
     // A message was committed on this core (its recipients' addresses are views valid during
     // the call only).
@@ -106,6 +109,7 @@ class Delivery {
         uint64_t connections = 0;  // outbound connections opened
         uint64_t transactions = 0;
         uint64_t segments_deleted = 0;
+        uint64_t compacted = 0;  // messages copied forward
     };
     [[nodiscard]] const Stats& stats() const { return stats_; }
     Stats& stats_mut() { return stats_; }
@@ -127,6 +131,7 @@ class Delivery {
     [[nodiscard]] const sched::DestinationLimits& destination_limits() const { return limits_; }
     void destination_failed(Destination& d, std::string_view why);  // every host failed
     void job_ready(Destination& d);  // work arrived, or a connection became free
+    void queue_job(Destination& d, const JobMsg& j);
 
   private:
     uint32_t intern_domain(std::string_view d);
@@ -168,8 +173,9 @@ class Delivery {
     };
     struct Held {
         RecordLocation at;
-        uint16_t segdir = 0;   // index into segdirs_
-        bool tracked = false;  // counted live in its segment
+        uint16_t segdir = 0;      // index into segdirs_
+        uint32_t generation = 0;  // of its table slot
+        bool tracked = false;     // counted live in its segment
         spool::SegmentSlot slot{};
         uint64_t id = 0;
         int64_t arrival_unix_us = 0;
@@ -210,6 +216,13 @@ class Delivery {
         std::string path;
     };
     uint16_t segdir_for(uint16_t dir);
+    class CopyWaiter;
+    void compact();
+    void copy_read(CopyWaiter* w, int err);
+    void copy_finished(CopyWaiter* w);
+    std::vector<std::unique_ptr<CopyWaiter>> copies_;  // compaction copies in flight (rule C2)
+    std::vector<spool::LiveMessage> live_;
+    uint64_t next_compaction_ms_ = 0;
     void collect_segments();
     static void on_unlinked(void* self, int res, uint32_t flags);
     std::vector<std::unique_ptr<SegDir>> segdirs_;  // [0]: this core's own directory

@@ -416,7 +416,10 @@ void Engine::on_segment(void* self, uint64_t seq) {
 
 void Engine::on_committed(void* self, const QueueEntry& e, const CommitWaiter& w) {
     auto* eng = static_cast<Engine*>(self);
-    eng->delivery_->message_committed(e, w.rcpt_view, eng->now_ms());
+    if (w.is_copy)
+        eng->delivery_->copy_committed(e, w);
+    else
+        eng->delivery_->message_committed(e, w.rcpt_view, eng->now_ms());
 }
 
 }  // namespace ringmail

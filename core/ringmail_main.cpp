@@ -117,6 +117,17 @@ bool recover(const Config& cfg, Recovered& out) {
                 e.rcpts = static_cast<uint16_t>(std::min<size_t>(m.message->rcpts.size(), 65535));
                 q.add(e);
                 uint32_t core = dir % cfg.threads;
+                if (auto it = where.find(e.id); it != where.end()) {
+                    // Another copy of a message seen before (compaction copies it forward into
+                    // its core's own directory): the copy in a running core's own directory,
+                    // and within one directory the later segment, is the one to use.
+                    RecoveredQueueEntry& prev = out.pending[it->second.first][it->second.second];
+                    bool own_new = dir < cfg.threads, own_old = prev.entry.dir < cfg.threads;
+                    if ((own_new && !own_old) || (own_new == own_old && dir == prev.entry.dir &&
+                                                  e.segment_seq > prev.entry.segment_seq))
+                        prev.entry = e;
+                    return;
+                }
                 RecoveredQueueEntry r;
                 r.entry = e;
                 r.arrival_unix_us = m.message->arrival_unix_us;

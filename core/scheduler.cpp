@@ -217,6 +217,11 @@ uint32_t MessageTable::attempts(MessageRef m, uint32_t rcpt) const {
     return slots_[m.index].rcpts[rcpt].attempts;
 }
 
+uint64_t MessageTable::next_attempt_ms(MessageRef m, uint32_t rcpt) const {
+    RM_ASSERT(valid(m) && rcpt < slots_[m.index].rcpts.size());
+    return slots_[m.index].rcpts[rcpt].next_attempt_ms;
+}
+
 uint32_t MessageTable::pending(MessageRef m) const {
     RM_ASSERT(valid(m));
     return slots_[m.index].pending;

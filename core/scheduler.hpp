@@ -90,6 +90,7 @@ class MessageTable {
     [[nodiscard]] uint64_t id(MessageRef m) const;
     [[nodiscard]] RcptState rcpt_state(MessageRef m, uint32_t rcpt) const;
     [[nodiscard]] uint32_t attempts(MessageRef m, uint32_t rcpt) const;
+    [[nodiscard]] uint64_t next_attempt_ms(MessageRef m, uint32_t rcpt) const;
     [[nodiscard]] uint32_t pending(MessageRef m) const;  // recipients not final
     [[nodiscard]] bool final(MessageRef m) const { return pending(m) == 0; }
     // Drop a final message (its spool record may go once every message of its segment is
