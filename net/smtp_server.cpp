@@ -27,8 +27,11 @@ namespace {
 constexpr size_t kReplyHeadroomBytes = 1024;
 static_assert(limits::session_output_bytes >= 2 * kReplyHeadroomBytes);
 constexpr size_t kHeloShownMaxBytes = 128;  // in the Received header
-constexpr size_t kArenaReserveBytes = 4096;
-constexpr size_t kRcptReserve = 64;
+// Nothing is reserved up front: an idle connection costs only its fixed buffers (issue 5's
+// budget is 16 KiB per idle connection). The first message grows these and they keep their
+// capacity, so later messages allocate nothing.
+constexpr size_t kArenaReserveBytes = 0;
+constexpr size_t kRcptReserve = 0;
 constexpr std::string_view kCrlf = "\r\n";
 constexpr std::string_view kEndOfData = "\r\n.\r\n";
 
