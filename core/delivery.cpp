@@ -124,9 +124,12 @@ bool Delivery::init(std::string* error) {
     std::vector<smtp::IpAddress> listen;
     for (const auto& l : config_.listen)
         if (auto ip = smtp::IpAddress::parse(l.host)) listen.push_back(*ip);
-    if (!resolver_.init(dc, dns::OwnAddresses(listen, dns::OwnAddresses::interface_addresses()),
-                        error))
-        return false;
+    dns::OwnAddresses own(listen, dns::OwnAddresses::interface_addresses());
+    std::vector<uint16_t> ports;
+    for (const auto& l : config_.listen)
+        ports.push_back(l.port);
+    own.set_listen_ports(ports);
+    if (!resolver_.init(dc, std::move(own), error)) return false;
     resolver_ok_ = true;
     arm_dns_poll();
     return true;
@@ -321,7 +324,7 @@ void Delivery::resolved(Dispatch* d) {
             j.origin = static_cast<uint16_t>(core_);
             std::string_view dom = domain_names_[first.domain];
             j.domain_len = static_cast<uint8_t>(std::min<size_t>(dom.size(), sizeof j.domain));
-            memcpy(j.domain, dom.data(), j.domain_len);
+            if (j.domain_len) memcpy(j.domain, dom.data(), j.domain_len);
             uint32_t owner = static_cast<uint32_t>(hash % engine_.cores());
             j.rcpt_count = 0;
             for (size_t b = a; b < d->groups.size(); b++) {
@@ -367,9 +370,9 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
     m.rcpt = rcpt;
     m.outcome = o;
     m.text_len = static_cast<uint16_t>(std::min(text.size(), sizeof m.text));
-    memcpy(m.text, text.data(), m.text_len);
+    if (m.text_len) memcpy(m.text, text.data(), m.text_len);
     m.remote_len = static_cast<uint8_t>(std::min(remote.size(), sizeof m.remote));
-    memcpy(m.remote, remote.data(), m.remote_len);
+    if (m.remote_len) memcpy(m.remote, remote.data(), m.remote_len);
     engine_.send_outcome(job.origin, m);
 }
 

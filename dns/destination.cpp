@@ -300,6 +300,11 @@ bool OwnAddresses::contains(const IpAddress& ip) const {
     return std::find(addresses_.begin(), addresses_.end(), ip) != addresses_.end();
 }
 
+bool OwnAddresses::contains(const IpAddress& ip, uint16_t port) const {
+    if (!contains(ip)) return false;
+    return ports_.empty() || std::find(ports_.begin(), ports_.end(), port) != ports_.end();
+}
+
 std::vector<IpAddress> OwnAddresses::interface_addresses() {
     std::vector<IpAddress> out;
     ifaddrs* list = nullptr;
@@ -375,7 +380,8 @@ Resolution decide_relay(HostAnswer answer, uint16_t port, const OwnAddresses& ow
     const std::string name = answer.host.name;
     // A smarthost that is us is a configuration error: defer (4.4.6) so that mail waits
     // for the fix instead of bouncing.
-    if (any_own(answer.host, own)) {
+    if (std::any_of(answer.host.addresses.begin(), answer.host.addresses.end(),
+                    [&](const IpAddress& a) { return own.contains(a, port); })) {
         return make_defer("4.4.6", "smarthost " + name + " loops back to myself");
     }
     if (answer.host.addresses.empty()) {
@@ -390,7 +396,7 @@ Resolution decide_relay(HostAnswer answer, uint16_t port, const OwnAddresses& ow
 Resolution decide_address(const IpAddress& ip, uint16_t port, const OwnAddresses& own,
                           bool is_relay) {
     const std::string text = format_ip(ip);
-    if (own.contains(ip)) {
+    if (is_relay ? own.contains(ip, port) : own.contains(ip)) {
         if (is_relay) return make_defer("4.4.6", "smarthost [" + text + "] is myself");
         return make_bounce("5.4.6", "mail for [" + text + "] loops back to myself");
     }

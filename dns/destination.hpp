@@ -137,11 +137,16 @@ class OwnAddresses {
     OwnAddresses() = default;
     OwnAddresses(std::vector<IpAddress> listen, std::vector<IpAddress> interfaces);
     [[nodiscard]] bool contains(const IpAddress& ip) const;
+    // A relay (--smarthost) at ip:port is us only if we also listen on that port: a local
+    // content filter on 127.0.0.1:10025 is another program, not a loop.
+    [[nodiscard]] bool contains(const IpAddress& ip, uint16_t port) const;
+    void set_listen_ports(std::vector<uint16_t> ports) { ports_ = std::move(ports); }
     // getifaddrs(): call at start, never on a reactor in the steady state.
     [[nodiscard]] static std::vector<IpAddress> interface_addresses();
 
   private:
     std::vector<IpAddress> addresses_;
+    std::vector<uint16_t> ports_;  // empty: any port
     bool any_local_ = false;
 };
 

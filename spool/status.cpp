@@ -23,7 +23,7 @@ T get(const char* p) {
 char* put_text(char* p, std::string_view t) {
     t = t.substr(0, status_text_max_bytes);
     p = put<uint16_t>(p, static_cast<uint16_t>(t.size()));
-    std::memcpy(p, t.data(), t.size());
+    if (!t.empty()) std::memcpy(p, t.data(), t.size());  // an empty view may hold no pointer
     return p + t.size();
 }
 

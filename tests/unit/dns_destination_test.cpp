@@ -332,5 +332,17 @@ TEST(DecideAddress, LiteralGoesStraightToTheAddress) {
     EXPECT_STREQ(loop.status, "5.4.6");
 }
 
+// A smarthost on one of our addresses is a loop only on a port we listen on: a content filter
+// at 127.0.0.1:10025 beside a relay on 127.0.0.1:25 is another program.
+TEST(DecideAddress, SmarthostOnOurAddressIsALoopOnlyOnOurPort) {
+    OwnAddresses own({ip("127.0.0.1")}, {});
+    own.set_listen_ports({25});
+    const Resolution filter = decide_address(ip("127.0.0.1"), 10025, own, true);
+    EXPECT_EQ(filter.outcome, Outcome::ok);
+    const Resolution loop = decide_address(ip("127.0.0.1"), 25, own, true);
+    EXPECT_EQ(loop.outcome, Outcome::defer);
+    EXPECT_STREQ(loop.status, "4.4.6");
+}
+
 }  // namespace
 }  // namespace ringmail::dns
