@@ -551,7 +551,12 @@ void Delivery::dsn_read(DsnRead* r, int err) {
         d.status = status_of(b.text, b.expired);
         std::string_view host = b.remote;
         d.remote_mta = host.substr(0, host.find('['));
-        d.diagnostic = b.text;
+        // Diagnostic-Code carries a remote SMTP reply (RFC 3464 §2.3.6); our own reasons
+        // (DNS, expiry) are told by the Status and the human-readable part.
+        bool smtp_reply = b.text.size() >= 4 && isdigit(static_cast<unsigned char>(b.text[0])) &&
+                          isdigit(static_cast<unsigned char>(b.text[1])) &&
+                          isdigit(static_cast<unsigned char>(b.text[2])) && b.text[3] == ' ';
+        d.diagnostic = smtp_reply ? std::string_view(b.text) : std::string_view();
         d.last_attempt_unix_s = b.at_unix_us / 1000000;
         rcpts.push_back(d);
     }
@@ -752,6 +757,13 @@ void Delivery::on_tick() {
         h.bounces.push_back(Bounce{rcpt, static_cast<uint16_t>(table_.attempts(m, rcpt)), true,
                                    realtime_us(), "4.4.7 message expired in the queue", ""});
         stats_.expired++;
+        char qid[16];
+        smtp::format_queue_id(h.id, qid);
+        LOG_INFO(
+            "delivery id=%.16s rcpt=%u domain=%s relay= status=expired attempts=%u "
+            "delay=%.1fs reply=\"4.4.7 message expired in the queue\"",
+            qid, rcpt, domain_names_[h.domains[rcpt]].c_str(), table_.attempts(m, rcpt),
+            static_cast<double>(realtime_us() - h.arrival_unix_us) / 1e6);
         maybe_finish(m);
     }
     if (!dsn_retry_.empty()) {
