@@ -358,10 +358,10 @@ void Delivery::send_job(uint32_t owner, const JobMsg& j) {
 }
 
 void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::string_view text,
-                      std::string_view remote) {
+                      std::string_view remote, std::string_view address) {
     if (job.origin == core_) {
         if (table_.valid(job.ref) && table_.id(job.ref) == job.message_id)
-            apply(job.ref, rcpt, o, text, remote);
+            apply(job.ref, rcpt, o, text, remote, address);
         return;
     }
     OutcomeMsg m{};
@@ -373,18 +373,20 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
     if (m.text_len) memcpy(m.text, text.data(), m.text_len);
     m.remote_len = static_cast<uint8_t>(std::min(remote.size(), sizeof m.remote));
     if (m.remote_len) memcpy(m.remote, remote.data(), m.remote_len);
+    m.address_len = static_cast<uint16_t>(std::min(address.size(), sizeof m.address));
+    if (m.address_len) memcpy(m.address, address.data(), m.address_len);
     engine_.send_outcome(job.origin, m);
 }
 
 void Delivery::handle_outcome(const OutcomeMsg& o) {
     if (!table_.valid(o.ref) || table_.id(o.ref) != o.message_id) return;
     apply(o.ref, o.rcpt, o.outcome, std::string_view(o.text, o.text_len),
-          std::string_view(o.remote, o.remote_len));
+          std::string_view(o.remote, o.remote_len), std::string_view(o.address, o.address_len));
 }
 
 // One recipient's outcome: the table decides, the spool records it, the log says it.
 void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
-                     std::string_view remote) {
+                     std::string_view remote, std::string_view address) {
     Held& h = held_[m.index];
     uint64_t now = engine_.now_ms();
     sched::Decision d = table_.outcome(m, rcpt, o, now, random());
@@ -422,10 +424,11 @@ void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::
     char qid[16];
     smtp::format_queue_id(h.id, qid);
     LOG_INFO(
-        "delivery id=%.16s rcpt=%u domain=%s relay=%.*s status=%s attempts=%u "
+        "delivery id=%.16s rcpt=%u to=<%.*s> domain=%s relay=%.*s status=%s attempts=%u "
         "delay=%.1fs reply=\"%.*s\"",
-        qid, rcpt, domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()),
-        remote.data(), outcome_name(d.state, d.expired), st.attempts,
+        qid, rcpt, static_cast<int>(address.size()), address.data(),
+        domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()), remote.data(),
+        outcome_name(d.state, d.expired), st.attempts,
         static_cast<double>(st.at_unix_us - h.arrival_unix_us) / 1e6, static_cast<int>(text.size()),
         text.data());
     maybe_finish(m);

@@ -62,6 +62,8 @@ struct OutcomeMsg {
     uint8_t remote_len;
     char text[limits::outcome_text_max_bytes];  // "550 5.1.1 <x@y>: unknown user"
     char remote[96];                            // "mx.example.net[192.0.2.1]"
+    uint16_t address_len;
+    char address[256];  // the recipient, for the log line (RFC 5321 paths are ≤ 256 octets)
 };
 
 class Delivery {
@@ -101,7 +103,7 @@ class Delivery {
     [[nodiscard]] Engine& engine() { return engine_; }
     [[nodiscard]] SpoolReader& reader() { return reader_; }
     void report(const JobMsg& job, uint16_t rcpt_index, sched::Outcome o, std::string_view text,
-                std::string_view remote);
+                std::string_view remote, std::string_view address = {});
     void connection_closed(OutboundConnection* c);
 
     struct Stats {
@@ -143,7 +145,7 @@ class Delivery {
     static void on_dest_resolved(void* ctx, const dns::ResolutionPtr& r);
     void send_job(uint32_t owner, const JobMsg& j);
     void apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
-               std::string_view remote);
+               std::string_view remote, std::string_view address = {});
     void finish_message(sched::MessageRef m);
     void start_connections(Destination& d);
     void arm_dns_poll();

@@ -282,7 +282,8 @@ void OutboundConnection::run_events() {
                 std::string who = remote();
                 for (size_t i = 0; i < results.size() && i < job_.rcpt_count; i++) {
                     delivery_.report(job_, job_.rcpts[i], map_outcome(results[i].outcome),
-                                     results[i].text, who);
+                                     results[i].text, who,
+                                     i < rcpts_.size() ? rcpts_[i] : std::string_view());
                 }
                 has_job_ = false;
                 sent_++;
@@ -341,6 +342,7 @@ void OutboundConnection::go_idle() {
 }
 
 void OutboundConnection::start_job() {
+    rcpts_.clear();  // the addresses are this job's once its record is read
     reading_ = true;
     read_.at = job_.at;
     delivery_.reader().read(&read_);
@@ -353,7 +355,8 @@ void OutboundConnection::on_read(SpoolReader::Read* r, int err) {
 void OutboundConnection::finish_job(std::string_view why, sched::Outcome all) {
     std::string who = remote();
     for (uint32_t i = 0; i < job_.rcpt_count; i++)
-        delivery_.report(job_, job_.rcpts[i], all, why, who);
+        delivery_.report(job_, job_.rcpts[i], all, why, who,
+                         i < rcpts_.size() ? rcpts_[i] : std::string_view());
     has_job_ = false;
 }
 
