@@ -804,6 +804,9 @@ void Delivery::collect_segments() {
         SegDir& d = *segdirs_[i];
         // Our own directory keeps its current segment; another core's old one has none.
         uint64_t current = i == 0 ? engine_.committer().current_segment_seq() : UINT64_MAX;
+        // One run of unlinks at a time per directory, each run linked in order: they then
+        // complete oldest first, as the tracker (and a crash) requires.
+        if (d.unlinks > 0) continue;
         std::vector<uint64_t> seqs = d.tracker.deletable(current);
         for (size_t k = 0; k < seqs.size(); k++) {
             d.tracker.delete_started(seqs[k]);
@@ -818,8 +821,9 @@ void Delivery::collect_segments() {
             io_uring_sqe* s = engine_.reactor().sqe(u->op);
             io_uring_prep_unlinkat(s, AT_FDCWD, u->path.c_str(), 0);
             // Oldest first, in order (rule D4): a crash never keeps an older one alone.
-            if (k + 1 < seqs.size()) s->flags |= IOSQE_IO_LINK;
+            if (k + 1 < seqs.size()) s->flags |= IOSQE_IO_HARDLINK;  // in order, even past an error
             unlinks_inflight_++;
+            d.unlinks++;
         }
     }
 }
@@ -956,6 +960,7 @@ void Delivery::on_unlinked(void* self, int res, uint32_t) {
     std::unique_ptr<Unlink> u(static_cast<Unlink*>(self));
     Delivery* d = u->owner;
     d->unlinks_inflight_--;
+    d->segdirs_[u->segdir]->unlinks--;
     if (res < 0 && res != -ENOENT) {
         // Left in place: recovery will find only final messages in it. Never retried here.
         LOG_WARN("cannot delete spool segment %s: %s", u->path.c_str(), strerror(-res));

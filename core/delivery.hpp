@@ -203,6 +203,7 @@ class Delivery {
     struct SegDir {
         uint16_t dir;
         spool::SegmentTracker tracker;
+        uint32_t unlinks = 0;  // in flight: the next run starts after them (rule D4)
     };
     struct FinalPending {  // final in memory; counted once its statuses are durable (rule D3)
         uint16_t segdir;
