@@ -370,11 +370,11 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
     m.rcpt = rcpt;
     m.outcome = o;
     m.text_len = static_cast<uint16_t>(std::min(text.size(), sizeof m.text));
-    if (m.text_len) memcpy(m.text, text.data(), m.text_len);
+    text.copy(m.text, m.text_len);  // (string_view::copy: no memcpy from an empty view)
     m.remote_len = static_cast<uint8_t>(std::min(remote.size(), sizeof m.remote));
-    if (m.remote_len) memcpy(m.remote, remote.data(), m.remote_len);
+    remote.copy(m.remote, m.remote_len);
     m.address_len = static_cast<uint16_t>(std::min(address.size(), sizeof m.address));
-    if (m.address_len) memcpy(m.address, address.data(), m.address_len);
+    address.copy(m.address, m.address_len);
     engine_.send_outcome(job.origin, m);
 }
 
