@@ -38,7 +38,8 @@ def find_tool(name):
 DNSMASQ = find_tool("dnsmasq")
 SMTP_SINK = find_tool("smtp-sink")
 DELIVERY_RE = re.compile(
-    r"delivery id=(?P<id>[0-9a-f]{16}) rcpt=(?P<rcpt>\d+) domain=(?P<domain>\S*) "
+    r"delivery id=(?P<id>[0-9a-f]{16}) rcpt=(?P<rcpt>\d+)(?: to=<(?P<to>[^>]*)>)? "
+    r"domain=(?P<domain>\S*) "
     r"relay=(?P<relay>\S*) status=(?P<status>\w+) attempts=(?P<attempts>\d+)"
     r"(?: delay=\S+)? reply=\"(?P<reply>.*)\"")
 
