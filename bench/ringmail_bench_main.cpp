@@ -1,8 +1,5 @@
 // ringmail_bench_main.cpp — `ringmail-bench`: the bundled load generator (`source`) and smart
 // sink (`sink`). Parses flags with CLI11 and hands a config to run_source() / run_sink().
-//
-// TLS (STARTTLS, implicit TLS) and AUTH are not implemented yet: their flags exist so scripts
-// can be written against the final interface, and they fail with a clear "not yet" (exit 2).
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <cstdio>
@@ -30,14 +27,6 @@ bool split_host_port(const std::string& text, std::string* host, uint16_t* port)
     *host = h;
     *port = static_cast<uint16_t>(p);
     return true;
-}
-
-int not_yet(const char* flag) {
-    fprintf(stderr,
-            "ringmail-bench: %s: not yet — TLS and AUTH arrive with the TLS issue; run without "
-            "it for now\n",
-            flag);
-    return 2;
 }
 
 }  // namespace
@@ -89,9 +78,11 @@ int main(int argc, char** argv) {
                      "hold --sessions connections open after EHLO (until --duration or SIGINT)");
     source->add_flag("--json", src.json, "print the report as one JSON object");
     source->add_flag("!--no-progress", src.progress, "no live progress line on stderr");
-    source->add_flag("--starttls", starttls, "STARTTLS (not yet)");
-    source->add_flag("--tls", tls, "implicit TLS (not yet)");
-    source->add_option("--auth", auth, "AUTH USER:PASS (not yet)");
+    CLI::Option* starttls_opt =
+        source->add_flag("--starttls", starttls, "STARTTLS after EHLO (certificate not verified)");
+    source->add_flag("--tls", tls, "implicit TLS from the first byte (certificate not verified)")
+        ->excludes(starttls_opt);
+    source->add_option("--auth", auth, "AUTH PLAIN as USER:PASS after the (last) EHLO");
 
     // --- sink --------------------------------------------------------------------------------
     SinkConfig snk;
@@ -138,9 +129,16 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     if (source->parsed()) {
-        if (starttls) return not_yet("--starttls");
-        if (tls) return not_yet("--tls");
-        if (!auth.empty()) return not_yet("--auth");
+        src.tls = starttls ? SourceTls::starttls : tls ? SourceTls::implicit : SourceTls::none;
+        if (!auth.empty()) {
+            auto colon = auth.find(':');
+            if (colon == std::string::npos || colon == 0) {
+                fprintf(stderr, "ringmail-bench source: bad --auth (want USER:PASS)\n");
+                return 2;
+            }
+            src.auth_user = auth.substr(0, colon);
+            src.auth_password = auth.substr(colon + 1);
+        }
         if (!split_host_port(target, &src.host, &src.port)) {
             fprintf(stderr, "ringmail-bench source: bad target '%s' (want HOST:PORT)\n",
                     target.c_str());

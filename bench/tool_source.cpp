@@ -5,6 +5,12 @@
 // and each reply moves the transaction on. Completion contexts (connect, recv, send, close) are
 // embedded in the connection; output is built in a buffer that keeps its capacity, with a
 // second buffer for what is produced while a send is in flight (the first must not move).
+//
+// TLS: once a connection has a TlsSession, every byte goes through it. The SMTP side still
+// writes plaintext into out_/queued_; tls_pump() feeds received ciphertext, runs the handshake or
+// reads plaintext into the reply reader, then encrypts the pending plaintext and sends the
+// session's ciphertext. wolfSSL may compact its output buffer when it writes, so no session
+// call is made while a send from that buffer is in flight: the send's completion pumps again.
 #include "bench/tool_source.hpp"
 
 #include <arpa/inet.h>
@@ -28,6 +34,8 @@
 #include "bench/tool_sink_session.hpp"  // Counter
 #include "core/log.hpp"
 #include "core/reactor.hpp"
+#include "tls/auth.hpp"
+#include "tls/tls_session.hpp"
 
 namespace ringmail::bench {
 namespace {
@@ -37,10 +45,10 @@ constexpr uint32_t kRecvBufferBytes = 4096;
 constexpr uint32_t kRecvBufferCount = 1024;
 constexpr uint64_t kDefaultMessages = 10000;
 
-enum class Phase : uint8_t { greeting, ehlo, mail, rcpt, data, eom, rset, quit };
-constexpr size_t kPhases = 8;
-const char* const kPhaseNames[kPhases] = {"greeting", "ehlo", "mail", "rcpt",
-                                          "data",     "eom",  "rset", "quit"};
+enum class Phase : uint8_t { greeting, ehlo, mail, rcpt, data, eom, rset, quit, starttls, auth };
+constexpr size_t kPhases = 10;
+const char* const kPhaseNames[kPhases] = {"greeting", "ehlo", "mail", "rcpt",     "data",
+                                          "eom",      "rset", "quit", "starttls", "auth"};
 
 struct ThreadStats {
     // Read live by the progress line.
@@ -48,9 +56,10 @@ struct ThreadStats {
     // Read after the thread has finished.
     uint64_t accepted = 0, failed = 0, aborted = 0, bytes_sent = 0;
     uint64_t connect_errors = 0, refused = 0, protocol_errors = 0;
+    uint64_t handshakes = 0, resumed = 0, tls_failures = 0, auth_failures = 0;
     uint64_t first_start_ns = 0, last_done_ns = 0;
     uint64_t replies[kPhases][400] = {};
-    Histogram eom_us, txn_us;
+    Histogram eom_us, txn_us, handshake_us;
 };
 
 struct Msg {
@@ -80,7 +89,17 @@ class ClientConn {
     bool in_idle = false;
 
   private:
-    enum class State : uint8_t { connecting, greeting, ehlo, ready, txn, quitting, closing, done };
+    enum class State : uint8_t {
+        connecting,
+        handshake,  // TLS handshake (implicit, or after the 220 to STARTTLS)
+        greeting,
+        ehlo,
+        ready,
+        txn,
+        quitting,
+        closing,
+        done
+    };
 
     void expect(Phase p) {
         RM_ASSERT(qlen_ < q_.size());
@@ -89,7 +108,14 @@ class ClientConn {
     std::string& buf() { return send_inflight_ ? queued_ : out_; }
     void kick();
     void arm_recv();
+    void on_input(std::string_view in);
     void on_bytes(std::string_view in);
+    void start_tls();
+    void tls_pump();
+    void tls_flush();
+    void tls_up();
+    void tls_broken();
+    void session_ready();
     void on_reply(int code);
     void next_work();
     void after_txn();
@@ -117,7 +143,10 @@ class ClientConn {
     bool starved_ = false;
     bool dead_ = false;  // never reconnect (connect error, refused, protocol error)
     bool saw_pipelining_ = false;
+    bool saw_starttls_ = false;
     bool pipelining_ = false;
+    bool send_tls_ = false;  // the send in flight is the TLS session's ciphertext
+    bool in_pump_ = false;   // tls_pump() is on the stack: output is flushed when it returns
     uint32_t inflight_ = 0;
     uint32_t msgs_on_conn_ = 0;
     std::vector<Phase> q_;  // replies expected, in order
@@ -126,6 +155,9 @@ class ClientConn {
     std::string out_, queued_;
     size_t out_off_ = 0;
     ReplyReader reader_;
+    std::unique_ptr<tls::TlsSession> tls_;  // per connection, not per message
+    std::string cin_;                       // ciphertext received, not yet fed to tls_
+    uint64_t handshake_start_ns_ = 0;
     char addr_[320];
     IoOp connect_op_{&ClientConn::on_connect, this};
     IoOp recv_op_{&ClientConn::on_recv, this};
@@ -184,6 +216,9 @@ class SourceWorker {
     ThreadStats& st;
     sockaddr_storage target{};
     socklen_t target_len = 0;
+    const tls::TlsContext* tls_ctx = nullptr;  // set when cfg.tls != none
+    std::string auth_line;                     // "AUTH PLAIN <base64>\r\n" when cfg.auth_user set
+    char plain[tls::tls_input_buffer_bytes];   // plaintext read from a TlsSession (one at a time)
 
   private:
     void dispatch();
@@ -242,7 +277,9 @@ void ClientConn::connect() {
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     state_ = State::connecting;
     recv_armed_ = send_inflight_ = close_submitted_ = starved_ = false;
-    saw_pipelining_ = pipelining_ = false;
+    saw_pipelining_ = saw_starttls_ = pipelining_ = send_tls_ = in_pump_ = false;
+    tls_.reset();
+    cin_.clear();
     msgs_on_conn_ = 0;
     qhead_ = qlen_ = 0;
     cur_ = next_ = Txn{};
@@ -266,9 +303,10 @@ void ClientConn::on_connect(void* self, int res, uint32_t) {
         c->dead_ = true;
         return c->begin_close();
     }
+    c->arm_recv();
+    if (c->cfg_.tls == SourceTls::implicit) return c->start_tls();
     c->state_ = State::greeting;
     c->expect(Phase::greeting);
-    c->arm_recv();
 }
 
 void ClientConn::arm_recv() {
@@ -296,7 +334,7 @@ void ClientConn::on_recv(void* self, int res, uint32_t flags) {
     }
     if (res > 0) {
         auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-        if (c->state_ != State::closing) c->on_bytes({r.buffer(bid), static_cast<size_t>(res)});
+        if (c->state_ != State::closing) c->on_input({r.buffer(bid), static_cast<size_t>(res)});
         r.recycle(bid);
         if (c->state_ == State::closing) return c->maybe_release();
         if (!more && !c->recv_armed_) c->arm_recv();
@@ -313,12 +351,23 @@ void ClientConn::on_recv(void* self, int res, uint32_t flags) {
     c->begin_close();  // 0: the server closed; < 0: the connection broke
 }
 
+void ClientConn::on_input(std::string_view in) {
+    if (!tls_) return on_bytes(in);
+    cin_.append(in);
+    tls_pump();
+}
+
 void ClientConn::on_bytes(std::string_view in) {
     bool ok = reader_.feed(in, [this](const ReplyReader::Line& l) {
-        if (state_ == State::closing) return;
+        // After the 220 to STARTTLS, clear text from the server is an injection (RFC 3207 §5
+        // warns of it): ignored, and the reader starts afresh inside TLS.
+        if (state_ == State::closing || state_ == State::handshake) return;
         if (state_ == State::ehlo && l.text.size() >= 10 &&
             strncasecmp(l.text.data(), "PIPELINING", 10) == 0)
             saw_pipelining_ = true;
+        if (state_ == State::ehlo && l.text.size() >= 8 &&
+            strncasecmp(l.text.data(), "STARTTLS", 8) == 0)
+            saw_starttls_ = true;
         if (l.last) on_reply(l.code);
     });
     if (!ok && state_ != State::closing) {
@@ -351,9 +400,31 @@ void ClientConn::on_reply(int code) {
             return send_simple("EHLO client.ringmail-bench.test\r\n", Phase::ehlo);
         case Phase::ehlo:
             if (!ok) return quit();
+            if (cfg_.tls == SourceTls::starttls && !tls_) {
+                if (!saw_starttls_) {
+                    st_.tls_failures++;
+                    dead_ = true;
+                    return quit();
+                }
+                return send_simple("STARTTLS\r\n", Phase::starttls);
+            }
             pipelining_ = cfg_.pipelining && saw_pipelining_;
-            st_.connections.add();
-            return next_work();
+            if (!cfg_.auth_user.empty()) return send_simple(w_.auth_line, Phase::auth);
+            return session_ready();
+        case Phase::starttls:
+            if (code != 220) {
+                st_.tls_failures++;
+                dead_ = true;
+                return quit();
+            }
+            return start_tls();
+        case Phase::auth:
+            if (code != 235) {
+                st_.auth_failures++;
+                dead_ = true;
+                return quit();
+            }
+            return session_ready();
         case Phase::mail:
             if (!ok) cur_.failed = true;
             if (pipelined) return;
@@ -383,6 +454,106 @@ void ClientConn::on_reply(int code) {
         case Phase::quit:
             return begin_close();
     }
+}
+
+void ClientConn::session_ready() {
+    st_.connections.add();
+    next_work();
+}
+
+// --- TLS ---------------------------------------------------------------------------------
+
+void ClientConn::start_tls() {
+    state_ = State::handshake;
+    tls_.reset(new (std::nothrow) tls::TlsSession(*w_.tls_ctx));
+    if (!tls_ || !tls_->ok()) return tls_broken();
+    handshake_start_ns_ = now_ns();
+    tls_pump();
+}
+
+void ClientConn::tls_up() {
+    st_.handshakes++;
+    if (tls_->resumed()) st_.resumed++;
+    st_.handshake_us.record((now_ns() - handshake_start_ns_) / 1000);
+    reader_.reset();
+    saw_pipelining_ = saw_starttls_ = false;
+    if (cfg_.tls == SourceTls::implicit) {
+        state_ = State::greeting;
+        expect(Phase::greeting);
+        return;
+    }
+    // RFC 3207 §4.2: what the server said before TLS is forgotten; EHLO again.
+    state_ = State::ehlo;
+    send_simple("EHLO client.ringmail-bench.test\r\n", Phase::ehlo);
+}
+
+void ClientConn::tls_broken() {
+    if (state_ == State::closing || state_ == State::done) return;
+    st_.tls_failures++;
+    dead_ = true;
+    begin_close();
+}
+
+// Feeds ciphertext, runs the handshake or reads plaintext into the reply reader until the
+// session needs bytes we do not have, then flushes. Replies handled here may write (kick()):
+// that output goes out when the loop is done.
+void ClientConn::tls_pump() {
+    if (in_pump_ || send_inflight_ || state_ == State::closing || state_ == State::done) return;
+    in_pump_ = true;
+    bool broken = false, closed = false;
+    while (state_ != State::closing) {
+        if (!cin_.empty() && tls_->input_room() > 0) cin_.erase(0, tls_->feed_ciphertext(cin_));
+        if (!tls_->handshake_done()) {
+            const tls::TlsStatus hs = tls_->handshake();
+            if (hs == tls::TlsStatus::done) {
+                tls_up();
+                continue;
+            }
+            if (hs != tls::TlsStatus::want_more) {
+                broken = true;
+                break;
+            }
+        } else {
+            const tls::TlsIo io = tls_->read_plaintext(w_.plain, sizeof w_.plain);
+            if (io.status == tls::TlsStatus::done) {
+                on_bytes({w_.plain, io.bytes});
+                continue;
+            }
+            if (io.status != tls::TlsStatus::want_more) {
+                closed = io.status == tls::TlsStatus::closed;
+                broken = !closed;
+                break;
+            }
+        }
+        if (cin_.empty() || tls_->input_room() == 0) break;
+    }
+    in_pump_ = false;
+    if (state_ == State::closing || state_ == State::done) return;
+    if (broken) return tls_broken();
+    if (closed) return begin_close();
+    tls_flush();
+}
+
+// Encrypts the pending plaintext (after the handshake) and sends the session's ciphertext.
+void ClientConn::tls_flush() {
+    if (send_inflight_) return;
+    while (tls_->handshake_done()) {
+        if (out_off_ == out_.size()) {
+            out_.clear();
+            out_off_ = 0;
+            if (queued_.empty()) break;
+            std::swap(out_, queued_);
+        }
+        const tls::TlsIo w = tls_->write_plaintext(std::string_view(out_).substr(out_off_));
+        if (w.status == tls::TlsStatus::want_more) break;  // full: after this send
+        if (w.status != tls::TlsStatus::done) return tls_broken();
+        out_off_ += w.bytes;
+    }
+    const std::string_view c = tls_->ciphertext_output();
+    if (c.empty()) return;
+    io_uring_prep_send(w_.reactor().sqe(send_op_), fd_, c.data(), c.size(), MSG_NOSIGNAL);
+    send_inflight_ = send_tls_ = true;
+    inflight_++;
 }
 
 void ClientConn::finish_txn(bool accepted, bool at_eom) {
@@ -496,6 +667,7 @@ void ClientConn::quit() {
 }
 
 void ClientConn::kick() {
+    if (tls_) return tls_pump();
     if (send_inflight_ || state_ == State::closing || out_off_ == out_.size()) return;
     io_uring_prep_send(w_.reactor().sqe(send_op_), fd_, out_.data() + out_off_,
                        out_.size() - out_off_, MSG_NOSIGNAL);
@@ -509,6 +681,11 @@ void ClientConn::on_send(void* self, int res, uint32_t) {
     c->send_inflight_ = false;
     if (c->state_ == State::closing) return c->maybe_release();
     if (res <= 0) return c->begin_close();
+    if (c->send_tls_) {
+        c->send_tls_ = false;
+        c->tls_->ciphertext_sent(static_cast<size_t>(res));
+        return c->tls_pump();
+    }
     c->out_off_ += static_cast<size_t>(res);
     if (c->out_off_ == c->out_.size()) {
         c->out_.clear();
@@ -690,7 +867,8 @@ struct Totals {
     uint64_t connections = 0, connect_errors = 0, refused = 0, protocol_errors = 0;
     uint64_t first_ns = UINT64_MAX, last_ns = 0;
     uint64_t replies[kPhases][400] = {};
-    Histogram eom_us, txn_us;
+    uint64_t handshakes = 0, resumed = 0, tls_failures = 0, auth_failures = 0;
+    Histogram eom_us, txn_us, handshake_us;
 };
 
 void merge(Totals& t, const ThreadStats& s) {
@@ -711,6 +889,23 @@ void merge(Totals& t, const ThreadStats& s) {
             t.replies[p][c] += s.replies[p][c];
     t.eom_us.merge(s.eom_us);
     t.txn_us.merge(s.txn_us);
+    t.handshakes += s.handshakes;
+    t.resumed += s.resumed;
+    t.tls_failures += s.tls_failures;
+    t.auth_failures += s.auth_failures;
+    t.handshake_us.merge(s.handshake_us);
+}
+
+const char* tls_name(SourceTls t) {
+    switch (t) {
+        case SourceTls::none:
+            return "none";
+        case SourceTls::starttls:
+            return "starttls";
+        case SourceTls::implicit:
+            return "implicit";
+    }
+    return "?";
 }
 
 std::string report(const SourceConfig& cfg, const Totals& t, double wall_s, uint32_t threads) {
@@ -741,7 +936,14 @@ std::string report(const SourceConfig& cfg, const Totals& t, double wall_s, uint
         .real("connections_per_s", per(double(t.connections), wall_s))
         .num("connect_errors", t.connect_errors)
         .num("refused_at_greeting", t.refused)
-        .num("protocol_errors", t.protocol_errors);
+        .num("protocol_errors", t.protocol_errors)
+        .str("tls", tls_name(cfg.tls))
+        .boolean("auth", !cfg.auth_user.empty())
+        .num("tls_handshakes", t.handshakes)
+        .num("tls_resumed", t.resumed)
+        .real("handshakes_per_s", per(double(t.handshakes), wall_s))
+        .num("tls_failures", t.tls_failures)
+        .num("auth_failures", t.auth_failures);
     j.begin("replies");
     for (size_t p = 0; p < kPhases; p++) {
         j.begin(kPhaseNames[p]);
@@ -752,6 +954,7 @@ std::string report(const SourceConfig& cfg, const Totals& t, double wall_s, uint
     j.end();
     latency_json(j, "latency_eom_ms", t.eom_us);
     latency_json(j, "latency_txn_ms", t.txn_us);
+    latency_json(j, "latency_handshake_ms", t.handshake_us);
     j.end();
     if (cfg.json) return j.text() + "\n";
 
@@ -774,6 +977,15 @@ std::string report(const SourceConfig& cfg, const Totals& t, double wall_s, uint
          (unsigned long long)t.connections, per(double(t.connections), wall_s),
          (unsigned long long)t.connect_errors, (unsigned long long)t.refused,
          (unsigned long long)t.protocol_errors);
+    if (cfg.tls != SourceTls::none || !cfg.auth_user.empty()) {
+        line(
+            "  tls          %s: %llu handshakes (%.0f/s, %llu resumed), p50 %.3f p99 %.3f ms; "
+            "%llu TLS failures, %llu AUTH failures\n",
+            tls_name(cfg.tls), (unsigned long long)t.handshakes, per(double(t.handshakes), wall_s),
+            (unsigned long long)t.resumed, t.handshake_us.percentile(50) / 1e3,
+            t.handshake_us.percentile(99) / 1e3, (unsigned long long)t.tls_failures,
+            (unsigned long long)t.auth_failures);
+    }
     for (size_t p = 0; p < kPhases; p++) {
         std::string codes;
         for (size_t c = 0; c < 400; c++)
@@ -831,6 +1043,26 @@ int run_source(const SourceConfig& in) {
     sigaddset(&set, SIGUSR1);  // a worker finished
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
+    std::unique_ptr<tls::TlsContext> tls_ctx;
+    if (cfg.tls != SourceTls::none) {
+        std::string err;
+        tls_ctx = tls::TlsContext::client(tls::TlsClientSettings{}, &err);
+        if (!tls_ctx) {
+            fprintf(stderr, "ringmail-bench source: TLS: %s\n", err.c_str());
+            return 2;
+        }
+    }
+    std::string auth_line;
+    if (!cfg.auth_user.empty()) {
+        // RFC 4616 §2: [authzid] NUL authcid NUL passwd, as the initial response (RFC 4954 §4).
+        std::string plain;
+        plain.append(1, '\0').append(cfg.auth_user).append(1, '\0').append(cfg.auth_password);
+        std::string b64(tls::base64_encoded_bytes(plain.size()), '\0');
+        size_t n = tls::base64_encode(plain, b64.data(), b64.size());
+        RM_ASSERT(n == b64.size());
+        auth_line = "AUTH PLAIN " + b64 + "\r\n";
+    }
+
     MessageFactory factory(cfg.sizes.max());
     std::vector<std::unique_ptr<ThreadStats>> stats;
     std::vector<std::unique_ptr<SourceWorker>> workers;
@@ -842,6 +1074,8 @@ int run_source(const SourceConfig& in) {
         stats.push_back(std::make_unique<ThreadStats>());
         workers.push_back(std::make_unique<SourceWorker>(cfg, factory, t, threads, sessions, share,
                                                          base, t0, *stats[t]));
+        workers.back()->tls_ctx = tls_ctx.get();
+        workers.back()->auth_line = auth_line;
         base += share;
     }
     std::atomic<uint32_t> finished{0};
@@ -855,6 +1089,7 @@ int run_source(const SourceConfig& in) {
                 fprintf(stderr, "ringmail-bench source: %s\n", err.c_str());
                 failed.fetch_add(1);
             }
+            tls::release_thread_caches();  // wolfSSL's per-thread ECC table, filled by handshakes
             finished.fetch_add(1);
             pthread_kill(main_thread, SIGUSR1);
         });

@@ -12,7 +12,13 @@
 //    intended time, so a stalled server shows up as latency (no coordinated omission);
 //  - with PIPELINING (requested and advertised), MAIL, every RCPT and DATA go in one send, and
 //    the message text, its terminator and the next MAIL/RCPT/DATA go in one send (RFC 2920);
-//  - message seqs are unique across threads in one run: with --messages N they are 0..N-1.
+//  - message seqs are unique across threads in one run: with --messages N they are 0..N-1;
+//  - with TLS (STARTTLS, RFC 3207, or implicit, RFC 8314) nothing but the TLS handshake
+//    crosses the connection in clear after the 220 to STARTTLS; EHLO is repeated inside TLS and
+//    AUTH PLAIN (RFC 4616) is sent only after it. A connection keeps its TLS session for all its
+//    messages (--messages-per-connection sets how many: 1 measures handshakes). TLS is
+//    opportunistic: the server's certificate is not verified (a load generator, not a client
+//    that must trust its peer).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +28,8 @@
 #include "bench/tool_message.hpp"
 
 namespace ringmail::bench {
+
+enum class SourceTls : uint8_t { none, starttls, implicit };
 
 struct SourceConfig {
     std::string host = "127.0.0.1";
@@ -40,6 +48,9 @@ struct SourceConfig {
     std::vector<std::string> source_ips;
     double rate = 0;    // messages/s over all threads; 0: closed loop
     bool idle = false;  // hold --sessions connections open (after EHLO) for --duration
+    SourceTls tls = SourceTls::none;
+    std::string auth_user;  // non-empty: AUTH PLAIN after the (last) EHLO
+    std::string auth_password;
     bool json = false;
     bool progress = true;  // only when stderr is a terminal
 };

@@ -144,6 +144,11 @@ int parse_config(int argc, char** argv, Config& c) {
     app.add_option("--outbound-idle-ms", c.outbound_idle_ms,
                    "how long an idle outbound connection waits for the next message")
         ->capture_default_str();
+    app.add_option("--outbound-tls", c.outbound_tls,
+                   "STARTTLS to destinations: may (when offered; clear after a failed "
+                   "handshake), encrypt (defer rather than send in clear), none")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"may", "encrypt", "none"}));
     app.add_option("--compact-after", c.compact_after,
                    "age of a spool segment whose few live messages are copied forward")
         ->capture_default_str();
@@ -152,6 +157,30 @@ int parse_config(int argc, char** argv, Config& c) {
         ->capture_default_str();
     app.add_flag("!--no-fsync", c.fsync,
                  "DANGEROUS, benchmarks only: answer 250 without fdatasync");
+    // --- TLS and AUTH (server side) ---
+    std::vector<std::string> submission_listen, smtps_listen;
+    app.add_option("--tls-cert", c.tls_cert_file, "PEM certificate chain (enables STARTTLS)");
+    app.add_option("--tls-key", c.tls_key_file, "PEM private key of --tls-cert");
+    app.add_option("--submission-listen", submission_listen,
+                   "address:port for submission: STARTTLS, then AUTH before MAIL (587)")
+        ->delimiter(',');
+    app.add_option("--smtps-listen", smtps_listen,
+                   "address:port for submission over implicit TLS (465, RFC 8314)")
+        ->delimiter(',');
+    app.add_option("--auth-users", c.auth_users_file,
+                   "AUTH users file: user:hash lines, crypt(3) hashes ($y$, $6$)");
+    app.add_option("--auth-failures-max", c.auth_failures_max,
+                   "AUTH failures from one address (in the window) before 421")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000u));
+    app.add_option("--auth-failure-delay-ms", c.auth_failure_delay_ms,
+                   "delay of the first AUTH failure reply; doubles with each failure")
+        ->capture_default_str()
+        ->check(CLI::Range(0u, 60000u));
+    app.add_option("--auth-failure-window-ms", c.auth_failure_window_ms,
+                   "quiet time after which an address's AUTH failures are forgotten")
+        ->capture_default_str()
+        ->check(CLI::Range(1000u, 86400000u));
     app.add_option("--log-level", c.log_level, "error, warn, info or debug")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
@@ -211,6 +240,33 @@ int parse_config(int argc, char** argv, Config& c) {
             return 3;
         }
         c.listen.push_back(a);
+    }
+    const std::pair<const std::vector<std::string>*, ListenerKind> tls_listeners[] = {
+        {&submission_listen, ListenerKind::submission}, {&smtps_listen, ListenerKind::smtps}};
+    for (const auto& [texts, kind] : tls_listeners) {
+        for (const auto& l : *texts) {
+            ListenAddress a;
+            if (!parse_listen(l, a)) {
+                fprintf(stderr, "ringmail: %s: expected ADDRESS:PORT\n", l.c_str());
+                return 3;
+            }
+            a.kind = kind;
+            c.listen.push_back(a);
+        }
+    }
+    if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+        fprintf(stderr, "ringmail: --tls-cert and --tls-key go together\n");
+        return 3;
+    }
+    // Submission needs AUTH, and AUTH is offered only over TLS: refuse a setup where nobody
+    // could ever send, rather than discover it at the first client.
+    const bool submission = !submission_listen.empty() || !smtps_listen.empty();
+    if ((submission || !c.auth_users_file.empty()) &&
+        (c.tls_cert_file.empty() || (submission && c.auth_users_file.empty()))) {
+        fprintf(stderr,
+                "ringmail: --submission-listen, --smtps-listen and --auth-users need --tls-cert "
+                "and --tls-key; submission listeners need --auth-users\n");
+        return 3;
     }
     c.relay_networks = networks;
     if (c.hostname.empty()) c.hostname = default_hostname();

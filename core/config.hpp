@@ -12,9 +12,14 @@
 
 namespace ringmail {
 
+// What a listening socket serves: SMTP (25), submission with STARTTLS (587, RFC 6409) or
+// submission over implicit TLS (465, RFC 8314).
+enum class ListenerKind : uint8_t { plain, submission, smtps };
+
 struct ListenAddress {
     std::string host;  // "127.0.0.1", "::1"
     uint16_t port = 0;
+    ListenerKind kind = ListenerKind::plain;
 };
 
 struct Config {
@@ -56,11 +61,19 @@ struct Config {
     uint32_t timeout_connect_ms = 30'000;
     uint32_t outbound_timeout_scale_percent = 100;  // RFC 5321 §4.5.3.2 client timeouts, scaled
     uint32_t outbound_idle_ms = 2000;               // idle reused connection before QUIT
+    std::string outbound_tls = "may";  // may | encrypt | none: STARTTLS to destinations
     uint32_t received_headers_max = 50;
     std::string compact_after = "1h";  // a segment this old that pins live messages is compacted
     uint64_t compact_after_ms = 0;     // more: a mail loop, bounce 5.4.6
     bool fsync = true;                 // only a benchmark may turn this off; logged loudly
     std::string log_level = "info";
+    // TLS and AUTH (server side).
+    std::string tls_cert_file;  // PEM chain; with it STARTTLS is offered on plain listeners
+    std::string tls_key_file;
+    std::string auth_users_file;               // user:crypt-hash lines
+    uint32_t auth_failures_max = 5;            // per client address in the window, then 421
+    uint32_t auth_failure_delay_ms = 1000;     // first 535 held back this long; doubles after
+    uint32_t auth_failure_window_ms = 600000;  // failures forgotten after this quiet time
 };
 
 // Parses flags. Returns 0 to continue; otherwise the process should exit with (ret - 1)

@@ -131,6 +131,15 @@ bool Delivery::init(std::string* error) {
     own.set_listen_ports(ports);
     if (!resolver_.init(dc, std::move(own), error)) return false;
     resolver_ok_ = true;
+    tls_policy_ = config_.outbound_tls == "none"      ? OutboundTls::none
+                  : config_.outbound_tls == "encrypt" ? OutboundTls::encrypt
+                                                      : OutboundTls::may;
+    if (tls_policy_ != OutboundTls::none) {
+        // Opportunistic, like Postfix's `may`/`encrypt`: encrypt, verify no certificate (RFC
+        // 7435); MX hosts rarely present one that matches a name we could check without DANE.
+        tls_client_ = tls::TlsContext::client(tls::TlsClientSettings{}, error);
+        if (tls_client_ == nullptr) return false;
+    }
     arm_dns_poll();
     return true;
 }
@@ -358,10 +367,10 @@ void Delivery::send_job(uint32_t owner, const JobMsg& j) {
 }
 
 void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::string_view text,
-                      std::string_view remote, std::string_view address) {
+                      std::string_view remote, std::string_view address, std::string_view tls) {
     if (job.origin == core_) {
         if (table_.valid(job.ref) && table_.id(job.ref) == job.message_id)
-            apply(job.ref, rcpt, o, text, remote, address);
+            apply(job.ref, rcpt, o, text, remote, address, tls);
         return;
     }
     OutcomeMsg m{};
@@ -375,18 +384,21 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
     remote.copy(m.remote, m.remote_len);
     m.address_len = static_cast<uint16_t>(std::min(address.size(), sizeof m.address));
     address.copy(m.address, m.address_len);
+    m.tls_len = static_cast<uint8_t>(std::min(tls.size(), sizeof m.tls));
+    tls.copy(m.tls, m.tls_len);
     engine_.send_outcome(job.origin, m);
 }
 
 void Delivery::handle_outcome(const OutcomeMsg& o) {
     if (!table_.valid(o.ref) || table_.id(o.ref) != o.message_id) return;
     apply(o.ref, o.rcpt, o.outcome, std::string_view(o.text, o.text_len),
-          std::string_view(o.remote, o.remote_len), std::string_view(o.address, o.address_len));
+          std::string_view(o.remote, o.remote_len), std::string_view(o.address, o.address_len),
+          std::string_view(o.tls, o.tls_len));
 }
 
 // One recipient's outcome: the table decides, the spool records it, the log says it.
 void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
-                     std::string_view remote, std::string_view address) {
+                     std::string_view remote, std::string_view address, std::string_view tls) {
     Held& h = held_[m.index];
     uint64_t now = engine_.now_ms();
     sched::Decision d = table_.outcome(m, rcpt, o, now, random());
@@ -425,12 +437,13 @@ void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::
     smtp::format_queue_id(h.id, qid);
     LOG_INFO(
         "delivery id=%.16s rcpt=%u to=<%.*s> domain=%s relay=%.*s status=%s attempts=%u "
-        "delay=%.1fs reply=\"%.*s\"",
+        "delay=%.1fs reply=\"%.*s\" tls=%.*s",
         qid, rcpt, static_cast<int>(address.size()), address.data(),
         domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()), remote.data(),
         outcome_name(d.state, d.expired), st.attempts,
         static_cast<double>(st.at_unix_us - h.arrival_unix_us) / 1e6, static_cast<int>(text.size()),
-        text.data());
+        text.data(), tls.empty() ? 4 : static_cast<int>(tls.size()),
+        tls.empty() ? "none" : tls.data());
     maybe_finish(m);
 }
 
@@ -687,7 +700,7 @@ void Delivery::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
 // destination).
 void Delivery::queue_job(Destination& d, const JobMsg& j) {
     if (d.queue.backoff_until_ms() > engine_.now_ms()) {
-        std::string text = "4.4.1 " + d.last_error;
+        std::string text = d.last_status + " " + d.last_error;
         for (uint16_t i = 0; i < j.rcpt_count; i++)
             report(j, j.rcpts[i], sched::Outcome::deferred, text, "");
         return;
@@ -724,14 +737,15 @@ void Delivery::start_connections(Destination& d) {
     }
 }
 
-void Delivery::destination_failed(Destination& d, std::string_view why) {
+void Delivery::destination_failed(Destination& d, std::string_view why, std::string_view status) {
     // Every host failed: the destination rests, and what waits for it is deferred (each
     // message then follows its own retry schedule).
     uint64_t now = engine_.now_ms();
     d.queue.back_off(now + std::min<uint64_t>(config_.retry_first_ms, 60'000));
     d.last_error = std::string(why);
+    d.last_status = std::string(status);
     JobMsg j;
-    std::string text = "4.4.1 " + std::string(why);
+    std::string text = std::string(status) + " " + std::string(why);
     uint32_t sent = 0;
     while (d.queue.next(sent, &j)) {
         for (uint16_t i = 0; i < j.rcpt_count; i++)

@@ -32,6 +32,7 @@
 #include "net/smtp_client.hpp"
 #include "spool/lifecycle.hpp"
 #include "spool/record.hpp"
+#include "tls/tls_session.hpp"
 
 namespace ringmail {
 
@@ -60,11 +61,23 @@ struct OutcomeMsg {
     sched::Outcome outcome;
     uint16_t text_len;
     uint8_t remote_len;
+    uint8_t tls_len;
     char text[limits::outcome_text_max_bytes];  // "550 5.1.1 <x@y>: unknown user"
     char remote[96];                            // "mx.example.net[192.0.2.1]"
+    char tls[64];                               // "TLSv1.3/TLS_AES_128_GCM_SHA256" or ""
     uint16_t address_len;
     char address[256];  // the recipient, for the log line (RFC 5321 paths are ≤ 256 octets)
 };
+
+// --outbound-tls: STARTTLS to destinations (RFC 3207; Postfix smtp_tls_security_level).
+enum class OutboundTls : uint8_t {
+    none,     // never
+    may,      // when offered; a failed handshake retries in clear and is remembered
+    encrypt,  // never in clear: no STARTTLS or a failed handshake defers (4.7.5)
+};
+
+// How long a destination whose TLS handshake failed is served in clear under `may`.
+inline constexpr uint64_t tls_broken_remember_ms = 3'600'000;
 
 class Delivery {
   public:
@@ -102,8 +115,12 @@ class Delivery {
     // For outbound connections.
     [[nodiscard]] Engine& engine() { return engine_; }
     [[nodiscard]] SpoolReader& reader() { return reader_; }
+    // tls: "TLSv1.3/TLS_AES_128_GCM_SHA256" when the transaction ran inside TLS, else "".
     void report(const JobMsg& job, uint16_t rcpt_index, sched::Outcome o, std::string_view text,
-                std::string_view remote, std::string_view address = {});
+                std::string_view remote, std::string_view address = {}, std::string_view tls = {});
+    [[nodiscard]] OutboundTls tls_policy() const { return tls_policy_; }
+    // This core's client TLS context; null under --outbound-tls=none.
+    [[nodiscard]] const tls::TlsContext* tls_client() const { return tls_client_.get(); }
     void connection_closed(OutboundConnection* c);
 
     struct Stats {
@@ -123,6 +140,8 @@ class Delivery {
         sched::BasicDestinationQueue<JobMsg> queue;
         std::vector<OutboundConnection*> idle;  // connected, waiting for the next job
         std::string last_error;                 // why the last connection failed
+        std::string last_status = "4.4.1";      // its RFC 3463 code (4.7.5: TLS required)
+        uint64_t tls_broken_until_ms = 0;       // `may`: handshake failed, clear until then
         uint16_t port = 25;
         explicit Destination(const sched::DestinationLimits& l) : queue(l) {}
     };
@@ -131,7 +150,9 @@ class Delivery {
     struct Waiting;
 
     [[nodiscard]] const sched::DestinationLimits& destination_limits() const { return limits_; }
-    void destination_failed(Destination& d, std::string_view why);  // every host failed
+    // Every host failed; status: the RFC 3463 code the deferrals carry.
+    void destination_failed(Destination& d, std::string_view why,
+                            std::string_view status = "4.4.1");
     void job_ready(Destination& d);  // work arrived, or a connection became free
     void queue_job(Destination& d, const JobMsg& j);
 
@@ -145,7 +166,7 @@ class Delivery {
     static void on_dest_resolved(void* ctx, const dns::ResolutionPtr& r);
     void send_job(uint32_t owner, const JobMsg& j);
     void apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
-               std::string_view remote, std::string_view address = {});
+               std::string_view remote, std::string_view address = {}, std::string_view tls = {});
     void finish_message(sched::MessageRef m);
     void start_connections(Destination& d);
     void arm_dns_poll();
@@ -249,6 +270,8 @@ class Delivery {
 
     sched::DestinationLimits limits_;
     smtp::ClientSettings client_settings_;  // every outbound session refers to it
+    OutboundTls tls_policy_ = OutboundTls::may;
+    std::unique_ptr<tls::TlsContext> tls_client_;  // one per core (wolfSSL CTX)
     IoOp dns_op_{&Delivery::on_dns_readable, this};
     bool dns_armed_ = false;
     Stats stats_;

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -51,7 +52,11 @@ Engine::Engine(uint32_t core, Shared& shared, EngineStart start)
     : core_(core),
       ncores_(static_cast<uint32_t>(shared.ring_fds.size())),
       shared_(shared),
-      start_(std::move(start)) {
+      start_(std::move(start)),
+      auth_throttle_(
+          tls::AuthThrottleSettings{.failures_max = shared.config->auth_failures_max,
+                                    .delay_ms = shared.config->auth_failure_delay_ms,
+                                    .window_ms = shared.config->auth_failure_window_ms}) {
     outbox_.resize(ncores_);
     wake_.assign(ncores_, false);
 }
@@ -87,6 +92,11 @@ int Engine::run() {
                 delivery_->add_recovered_segments(dir, seqs);
         }
     }
+    if (ok && shared_.auth_users != nullptr) {
+        auth_worker_ = std::make_unique<tls::AuthWorker>(*shared_.auth_users);
+        ok = auth_worker_->ok();
+        if (!ok) error = "cannot start the AUTH worker thread";
+    }
     if (!ok) {
         LOG_ERROR("%s", error.c_str());
         shared_.failed.fetch_add(1);
@@ -108,6 +118,7 @@ int Engine::run() {
     }
     arm_tick();
     arm_stop();
+    if (auth_worker_) arm_auth();
     if (delivery_ && start_.recovered) {
         for (const auto& r : *start_.recovered)
             delivery_->add_recovered(r);
@@ -135,6 +146,7 @@ int Engine::run() {
         }
     }
     committer_->shutdown();
+    tls::release_thread_caches();  // this thread's handshakes filled them
     return 0;
 }
 
@@ -184,7 +196,9 @@ void Engine::on_accept_result(size_t i, int res, uint32_t flags) {
     }
     c->list_index = static_cast<uint32_t>(open_.size());
     open_.push_back(c);
-    c->open(fd, ip, ++generation_);
+    const ListenerKind kind =
+        i < start_.listen_kinds.size() ? start_.listen_kinds[i] : ListenerKind::plain;
+    c->open(fd, ip, ++generation_, kind);
     request_permit(c);
 }
 
@@ -392,6 +406,47 @@ void Engine::begin_stop() {
         if (i < open_.size()) open_[i]->shutdown();
     }
     if (delivery_) delivery_->stop();
+}
+
+// --- AUTH checks ---------------------------------------------------------------------------
+
+// A token names the connection slot and its generation, so a result for a connection that
+// has gone (and whose slot may serve another client now) is recognised and dropped.
+bool Engine::auth_submit(const Connection& c, std::string_view user, std::string_view password) {
+    if (!auth_worker_) return false;
+    const uint64_t token = (uint64_t{c.generation()} << 32) | c.slot();
+    return auth_worker_->submit(token, user, password);
+}
+
+// The worker signals its eventfd; a multishot poll on it wakes this core.
+void Engine::arm_auth() {
+    io_uring_sqe* s = reactor_.sqe(auth_op_);
+    io_uring_prep_poll_multishot(s, auth_worker_->completion_fd(), POLLIN);
+}
+
+void Engine::on_auth_op(void* self, int res, uint32_t flags) {
+    auto* e = static_cast<Engine*>(self);
+    if (res < 0 && res != -EINTR && res != -EAGAIN) {
+        LOG_ERROR("poll of the AUTH worker: %s", strerror(-res));
+        return;
+    }
+    // Reset the counter before draining: a result pushed after the drain comes with a new
+    // signal, hence a new poll completion.
+    uint64_t count = 0;
+    ssize_t r = read(e->auth_worker_->completion_fd(), &count, sizeof count);
+    (void)r;  // EAGAIN: already reset
+    tls::AuthResult batch[16];
+    size_t n;
+    while ((n = e->auth_worker_->poll(batch, 16)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            const auto slot = static_cast<uint32_t>(batch[i].token);
+            const auto generation = static_cast<uint32_t>(batch[i].token >> 32);
+            if (slot >= e->slots_.size()) continue;
+            Connection* c = e->slots_[slot].get();
+            if (c->generation() == generation) c->auth_checked(batch[i].ok);
+        }
+    }
+    if (!(flags & IORING_CQE_F_MORE)) e->arm_auth();
 }
 
 void Engine::send_job(uint32_t core, const JobMsg& j) {

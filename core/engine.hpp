@@ -24,6 +24,9 @@
 #include "core/reactor.hpp"
 #include "net/relay_policy.hpp"
 #include "net/smtp_server.hpp"
+#include "tls/auth_throttle.hpp"
+#include "tls/auth_worker.hpp"
+#include "tls/tls_session.hpp"
 
 namespace ringmail {
 
@@ -69,11 +72,14 @@ struct Shared {
     std::vector<int> ring_fds;
     std::unique_ptr<std::barrier<>> start_barrier;
     std::atomic<int> failed{0};
+    const tls::TlsContext* tls_server = nullptr;  // --tls-cert; null: no TLS
+    const tls::AuthUsers* auth_users = nullptr;   // --auth-users; null: no AUTH
 };
 
 struct EngineStart {
     std::vector<int> listen_fds;
-    int stop_fd = -1;  // eventfd the main thread writes to ask for a stop
+    std::vector<ListenerKind> listen_kinds;  // parallel to listen_fds; missing: plain
+    int stop_fd = -1;                        // eventfd the main thread writes to ask for a stop
     uint64_t first_segment_seq = 0;
     uint64_t first_id_counter = 0;
     Queue* queue = nullptr;                                 // filled by recovery
@@ -107,6 +113,14 @@ class Engine {
     void send_job(uint32_t core, const JobMsg& j);
     void send_outcome(uint32_t core, const OutcomeMsg& o);
     [[nodiscard]] Delivery* delivery() { return delivery_.get(); }
+    // AUTH for connections: checks run on this core's AuthWorker thread; the result comes back
+    // as Connection::auth_checked(). False: the worker is full (answer 454).
+    [[nodiscard]] bool auth_submit(const Connection& c, std::string_view user,
+                                   std::string_view password);
+    // Failure bookkeeping per client address, kept by this core for the clients it serves
+    // (see auth_throttle.hpp; SO_REUSEPORT spreads one address over the cores, so the limit
+    // holds per core).
+    [[nodiscard]] tls::AuthThrottle& auth_throttle() { return auth_throttle_; }
 
     struct Stats {
         uint64_t accepted = 0;
@@ -142,6 +156,8 @@ class Engine {
     static void on_accept(void* self, int res, uint32_t flags);
     static void on_tick_op(void* self, int res, uint32_t flags);
     static void on_stop_op(void* self, int res, uint32_t flags);
+    static void on_auth_op(void* self, int res, uint32_t flags);
+    void arm_auth();
 
     uint32_t core_;
     uint32_t ncores_;
@@ -174,6 +190,10 @@ class Engine {
     uint64_t stop_deadline_ms_ = 0;
     uint64_t now_us_ = 0;
     Stats stats_;
+
+    std::unique_ptr<tls::AuthWorker> auth_worker_;
+    tls::AuthThrottle auth_throttle_;
+    IoOp auth_op_{&Engine::on_auth_op, this};
 };
 
 }  // namespace ringmail

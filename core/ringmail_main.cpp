@@ -21,6 +21,8 @@
 #include "net/listener.hpp"
 #include "spool/recovery.hpp"
 #include "spool/status.hpp"
+#include "tls/auth.hpp"
+#include "tls/tls_session.hpp"
 
 using namespace ringmail;
 
@@ -239,6 +241,30 @@ int main(int argc, char** argv) {
     shared.settings.junk_commands_max = cfg.junk_commands_max;
     shared.settings.relay = &shared.policy;
 
+    // TLS and AUTH: loaded once here, read-only for every core.
+    std::unique_ptr<tls::TlsContext> tls_server;
+    tls::AuthUsers auth_users;
+    if (!cfg.tls_cert_file.empty()) {
+        std::string tls_error;
+        tls_server = tls::TlsContext::server({cfg.tls_cert_file, cfg.tls_key_file}, &tls_error);
+        if (!tls_server) {
+            LOG_ERROR("TLS: %s", tls_error.c_str());
+            return 1;
+        }
+        shared.tls_server = tls_server.get();
+        shared.settings.starttls_available = true;
+    }
+    if (!cfg.auth_users_file.empty()) {
+        std::string auth_error;
+        if (!auth_users.load_file(cfg.auth_users_file, &auth_error)) {
+            LOG_ERROR("--auth-users: %s", auth_error.c_str());
+            return 1;
+        }
+        shared.auth_users = &auth_users;
+        shared.settings.auth_available = true;
+        LOG_INFO("AUTH: %zu users from %s", auth_users.size(), cfg.auth_users_file.c_str());
+    }
+
     if (!make_dirs(cfg.spool_dir)) {
         LOG_ERROR("cannot create spool directory %s: %s", cfg.spool_dir.c_str(), strerror(errno));
         return 1;
@@ -280,6 +306,8 @@ int main(int argc, char** argv) {
         stop_fds.push_back(efd);
         EngineStart st;
         st.listen_fds = listeners[i];
+        for (const auto& l : cfg.listen)
+            st.listen_kinds.push_back(l.kind);
         st.stop_fd = efd;
         st.first_segment_seq = rec.next_segment_seq[i];
         st.first_id_counter = first_counter;
@@ -299,8 +327,11 @@ int main(int argc, char** argv) {
     shared.start_barrier->arrive_and_wait();
     if (shared.failed.load() == 0) {
         std::string addrs;
-        for (const auto& l : cfg.listen)
+        for (const auto& l : cfg.listen) {
             addrs += " " + l.host + ":" + std::to_string(l.port);
+            if (l.kind == ListenerKind::submission) addrs += " (submission)";
+            if (l.kind == ListenerKind::smtps) addrs += " (smtps)";
+        }
         LOG_INFO("ringmail ready: listening on%s, %u threads, spool %s", addrs.c_str(), cfg.threads,
                  cfg.spool_dir.c_str());
         int sig = 0;

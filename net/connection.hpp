@@ -6,14 +6,26 @@
 // text is appended to a spool::MessageBuilder (the one copy) and handed to the core's
 // Committer at its end. Connections live in a per-core pool sized from --max-connections and
 // are reused; a connection is never freed while the ring or the committer still refers to it.
+//
+// TLS (STARTTLS, or implicit on an smtps listener): the TlsSession and its buffers are
+// allocated only when TLS starts and freed at close, so an idle clear-text connection costs
+// none of them. Received ciphertext goes from the provided buffers into the TlsSession, the
+// plaintext it yields to the session; replies are encrypted into the TlsSession's output and
+// sent from there. wolfSSL is never called while a send from its output buffer is in flight
+// (it may compact that buffer). Bytes received in clear after STARTTLS are dropped.
+// AUTH: credentials go to the core's AuthWorker; a failure's 535 is held back for the delay
+// the core's AuthThrottle gives the client address.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/commit.hpp"
+#include "core/config.hpp"
 #include "core/reactor.hpp"
 #include "net/smtp_server.hpp"
+#include "tls/tls_session.hpp"
 
 namespace ringmail {
 
@@ -26,7 +38,7 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     Connection(Engine& engine, uint32_t slot);
 
     // A new socket: from here the connection waits for its per-address permit.
-    void open(int fd, const smtp::IpAddress& ip, uint32_t generation);
+    void open(int fd, const smtp::IpAddress& ip, uint32_t generation, ListenerKind kind);
     // The owner core of the client address answered.
     void permit(bool granted);
     // Timers, from the engine's tick: greeting delay, command/data timeouts.
@@ -35,6 +47,8 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     void shutdown();
     // Re-arm a recv that stopped for lack of buffers.
     void resume_recv();
+    // The AUTH check submitted for this connection (Engine::auth_submit) is done.
+    void auth_checked(bool ok);
 
     [[nodiscard]] State state() const { return state_; }
     [[nodiscard]] uint32_t slot() const { return slot_; }
@@ -55,7 +69,22 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     void start_session();
     void arm_recv();
     void pump();
+    void feed_session();
+    void feed_plain();
+    void feed_tls();
+    [[nodiscard]] bool feed_ciphertext();
+    void pop_pending();
+    [[nodiscard]] bool start_tls();
+    void begin_starttls();
+    void tls_established();
+    void tls_ended(tls::TlsStatus status);
+    [[nodiscard]] bool tls_handshaking() const {
+        return tls_ != nullptr && !tls_->session.handshake_done();
+    }
+    void start_auth_check();
     void flush_output();
+    void flush_tls();
+    void submit_send(std::string_view bytes);
     void begin_close();
     void maybe_release();
     void drop_pending();
@@ -73,6 +102,18 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     // Past kPendingStop the recv is cancelled until the backlog drains.
     static constexpr uint32_t kPendingMax = 32;
     static constexpr uint32_t kPendingStop = 4;
+    // Plaintext taken from the TlsSession and not yet consumed by the session.
+    static constexpr uint32_t kTlsPlainBytes = 4096;
+
+    struct TlsLink {
+        explicit TlsLink(const tls::TlsContext& ctx) : session(ctx) {}
+        tls::TlsSession session;
+        uint32_t plain_off = 0;
+        uint32_t plain_len = 0;
+        bool close_notify_queued = false;
+        bool broken = false;  // failed or closed by the peer: nothing more is read or written
+        char plain[kTlsPlainBytes];
+    };
 
     Engine& engine_;
     smtp::ServerSession session_;
@@ -96,6 +137,12 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     Pending pending_[kPendingMax];
     std::vector<spool::RcptField> rcpt_fields_;  // keeps its capacity across messages
     uint64_t deadline_ms_ = 0;
+
+    ListenerKind kind_ = ListenerKind::plain;
+    std::unique_ptr<TlsLink> tls_;     // from STARTTLS / accept on smtps until close
+    uint32_t clear_out_ = 0;           // session output to send in clear first (STARTTLS's 220)
+    bool auth_in_flight_ = false;      // credentials are with the AuthWorker
+    uint64_t auth_hold_until_ms_ = 0;  // a failed AUTH's 535 waits until then (0: none)
 
     IoOp recv_op_{&Connection::on_recv, this};
     IoOp send_op_{&Connection::on_send, this};

@@ -86,7 +86,12 @@ void OutboundConnection::open(Delivery::Destination* dest) {
     started_ = retry_next_ = was_ready_ = idle_ = stopping_ = has_job_ = reading_ = false;
     sent_ = 0;
     error_.clear();
+    fail_status_ = "4.4.1";
     pending_in_.clear();
+    clear_retry_ = false;
+    const OutboundTls policy = delivery_.tls_policy();
+    want_tls_ = policy == OutboundTls::encrypt ||
+                (policy == OutboundTls::may && now_ms() >= dest->tls_broken_until_ms);
     if (!next_target()) {
         error_ = "no address to connect to";
         state_ = State::closing;
@@ -131,6 +136,10 @@ void OutboundConnection::connect() {
     state_ = State::connecting;
     close_submitted_ = recv_armed_ = send_inflight_ = false;
     pending_in_.clear();
+    tls_.reset();
+    tls_in_.clear();
+    tls_desc_.clear();
+    plain_off_ = plain_len_ = 0;
     fd_ = socket(peer_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd_ < 0) {
         error_ = std::string("socket: ") + strerror(errno);
@@ -161,7 +170,7 @@ void OutboundConnection::on_connect(void* self, int res, uint32_t) {
         return;
     }
     c->state_ = State::session;
-    c->session_.start();
+    c->session_.start(c->want_tls_);
     c->arm_recv();
     c->run_events();
 }
@@ -187,16 +196,7 @@ void OutboundConnection::on_recv(void* self, int res, uint32_t flags) {
     if (res > 0) {
         auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
         std::string_view in(r.buffer(bid), static_cast<size_t>(res));
-        if (c->state_ == State::session) {
-            if (c->pending_in_.empty()) {
-                size_t n = c->session_.feed(in);
-                if (n < in.size()) c->pending_in_.assign(in.substr(n));
-            } else {
-                c->pending_in_.append(in);
-                size_t n = c->session_.feed(c->pending_in_);
-                c->pending_in_.erase(0, n);
-            }
-        }
+        if (c->state_ == State::session) c->feed_session(in);
         r.recycle(bid);
         if (c->state_ == State::closing) {
             c->begin_close();
@@ -215,15 +215,160 @@ void OutboundConnection::on_recv(void* self, int res, uint32_t flags) {
         return;
     }
     if (!more) {
+        if (c->state_ == State::session && c->session_.awaiting_handshake()) {
+            c->tls_failed("connection closed during the handshake");
+            return;
+        }
         c->session_.peer_closed();
         c->run_events();
         if (c->state_ == State::session) c->begin_close();
     }
 }
 
+void OutboundConnection::feed_session(std::string_view in) {
+    if (tls_) {
+        tls_in_.append(in);
+        tls_pump();
+        return;
+    }
+    // While the session awaits the handshake it discards (RFC 3207 §4.2): feed() takes all.
+    if (pending_in_.empty()) {
+        size_t n = session_.feed(in);
+        if (n < in.size()) pending_in_.assign(in.substr(n));
+    } else {
+        pending_in_.append(in);
+        size_t n = session_.feed(pending_in_);
+        pending_in_.erase(0, n);
+    }
+}
+
+// --- TLS ---------------------------------------------------------------------------------
+
+// The server said 220 to STARTTLS. Whatever followed it in clear was dropped by the session;
+// bytes we had buffered are dropped here too (CVE-2011-0411 class injection).
+void OutboundConnection::start_tls() {
+    pending_in_.clear();
+    const tls::TlsContext* ctx = delivery_.tls_client();
+    RM_ASSERT(ctx != nullptr);  // STARTTLS is only wanted with a context
+    const std::string& host = dest_->resolution->hosts[host_].name;
+    // RFC 6066 §3: SNI carries a host name, never an address literal.
+    in6_addr scratch;
+    const bool literal = host.empty() || host[0] == '[' ||
+                         inet_pton(AF_INET, host.c_str(), &scratch) == 1 ||
+                         inet_pton(AF_INET6, host.c_str(), &scratch) == 1;
+    tls_.reset(new (std::nothrow)
+                   tls::TlsSession(*ctx, literal ? std::string_view() : std::string_view(host)));
+    if (tls_ == nullptr || !tls_->ok()) {
+        tls_.reset();
+        tls_failed("cannot create a TLS session (out of memory)");
+        return;
+    }
+    tls_pump();
+}
+
+// Moves received ciphertext into the TLS session, runs the handshake, then hands plaintext to
+// the SMTP session until one of them waits. Never while a send is in flight: wolfSSL may
+// compact the output buffer the send points into.
+void OutboundConnection::tls_pump() {
+    while (tls_ && !send_inflight_ && state_ == State::session) {
+        size_t moved = 0;
+        if (!tls_in_.empty()) {
+            moved = tls_->feed_ciphertext(tls_in_);
+            tls_in_.erase(0, moved);
+        }
+        if (!tls_->handshake_done()) {
+            const tls::TlsStatus st = tls_->handshake();
+            if (st == tls::TlsStatus::done) {
+                tls_established();
+                continue;
+            }
+            if (st == tls::TlsStatus::want_more) {
+                if (moved == 0) return;
+                continue;
+            }
+            tls_failed(st == tls::TlsStatus::closed ? std::string_view("closed by the server")
+                                                    : tls_->error());
+            return;
+        }
+        if (plain_off_ < plain_len_) {
+            const size_t n = session_.feed({plain_ + plain_off_, plain_len_ - plain_off_});
+            plain_off_ += n;
+            if (plain_off_ == plain_len_) plain_off_ = plain_len_ = 0;
+            if (n == 0) return;  // the session's output is full: after the send
+            continue;
+        }
+        const tls::TlsIo io = tls_->read_plaintext(plain_, sizeof plain_);
+        if (io.status == tls::TlsStatus::done) {
+            plain_off_ = 0;
+            plain_len_ = io.bytes;
+            continue;
+        }
+        if (io.status == tls::TlsStatus::want_more) {
+            if (moved == 0) return;
+            continue;
+        }
+        if (io.status == tls::TlsStatus::failed && error_.empty())
+            error_ = remote() + ": TLS: " + std::string(tls_->error());
+        session_.peer_closed();  // close_notify or a broken record: the session ends
+        return;
+    }
+}
+
+void OutboundConnection::tls_established() {
+    tls_desc_.assign(tls_->version());
+    tls_desc_ += '/';
+    tls_desc_ += tls_->cipher();
+    LOG_DEBUG("delivery: TLS with %s: %s", remote().c_str(), tls_desc_.c_str());
+    session_.tls_started();  // EHLO again, inside TLS (RFC 3207 §4.2)
+}
+
+// The handshake failed, the peer closed during it, or it timed out.
+void OutboundConnection::tls_failed(std::string_view why) {
+    error_ = "TLS handshake with " + remote() + " failed: " + std::string(why);
+    if (delivery_.tls_policy() == OutboundTls::may) {
+        // Opportunistic TLS (RFC 7435 §6): a broken TLS stack must not stop mail; clear text
+        // is what the destination would have got without STARTTLS. Remembered, so that its
+        // next connections do not fail the same way first.
+        LOG_INFO("delivery: %s; retrying in clear", error_.c_str());
+        dest_->tls_broken_until_ms = now_ms() + tls_broken_remember_ms;
+        clear_retry_ = true;
+    } else {
+        LOG_INFO("delivery: %s", error_.c_str());
+        fail_status_ = "4.7.5";  // RFC 3463: cryptographic failure
+        retry_next_ = true;
+    }
+    begin_close();
+}
+
+// --outbound-tls=encrypt: the session reached `ready` in clear (no STARTTLS offered, or it was
+// refused). Nothing may be sent; the next host may do better.
+bool OutboundConnection::tls_required_missing() {
+    if (delivery_.tls_policy() != OutboundTls::encrypt || session_.tls_active()) return false;
+    error_ = remote() +
+             (session_.offers_starttls() ? " refused STARTTLS" : " does not offer STARTTLS") +
+             "; TLS is required (--outbound-tls=encrypt)";
+    fail_status_ = "4.7.5";
+    retry_next_ = true;
+    session_.quit();
+    return true;
+}
+
 void OutboundConnection::flush_output() {
     if (send_inflight_ || state_ != State::session) return;
     std::string_view out = session_.output();
+    if (tls_) {
+        while (tls_->handshake_done() && !session_.output().empty()) {
+            const tls::TlsIo w = tls_->write_plaintext(session_.output());
+            if (w.status == tls::TlsStatus::want_more) break;  // full: again after this send
+            if (w.status != tls::TlsStatus::done) {
+                error_ = remote() + ": TLS: " + std::string(tls_->error());
+                begin_close();
+                return;
+            }
+            session_.output_sent(w.bytes);
+        }
+        out = tls_->ciphertext_output();
+    }
     if (out.empty()) return;
     io_uring_sqe* s = delivery_.engine().reactor().sqe(send_op_);
     io_uring_prep_send(s, fd_, out.data(), out.size(), MSG_NOSIGNAL);
@@ -245,8 +390,13 @@ void OutboundConnection::on_send(void* self, int res, uint32_t) {
         if (c->state_ == State::session) c->begin_close();
         return;
     }
-    c->session_.output_sent(static_cast<size_t>(res));
-    if (!c->pending_in_.empty()) {
+    if (c->tls_) {
+        c->tls_->ciphertext_sent(static_cast<size_t>(res));
+        c->tls_pump();
+    } else {
+        c->session_.output_sent(static_cast<size_t>(res));
+    }
+    if (!c->tls_ && !c->pending_in_.empty()) {
         size_t n = c->session_.feed(c->pending_in_);
         c->pending_in_.erase(0, n);
     }
@@ -265,12 +415,16 @@ void OutboundConnection::run_events() {
             case smtp::ClientEvent::body_wanted:
             case smtp::ClientEvent::none:
                 break;
+            case smtp::ClientEvent::starttls_ready:
+                start_tls();
+                break;
             case smtp::ClientEvent::greeting_failed:
                 error_ = remote() +
                          " refused us at the greeting: " + std::string(session_.last_reply_text());
                 retry_next_ = true;  // RFC 5321 §5.1: try the next MX host
                 break;
             case smtp::ClientEvent::ready:
+                if (!was_ready_ && tls_required_missing()) break;
                 if (!was_ready_) {
                     was_ready_ = true;
                     dest_->queue.connection_ready();
@@ -283,7 +437,7 @@ void OutboundConnection::run_events() {
                 for (size_t i = 0; i < results.size() && i < job_.rcpt_count; i++) {
                     delivery_.report(job_, job_.rcpts[i], map_outcome(results[i].outcome),
                                      results[i].text, who,
-                                     i < rcpts_.size() ? rcpts_[i] : std::string_view());
+                                     i < rcpts_.size() ? rcpts_[i] : std::string_view(), tls_desc_);
                 }
                 has_job_ = false;
                 sent_++;
@@ -442,6 +596,9 @@ void OutboundConnection::tick(uint64_t now) {
                 idle.erase(std::remove(idle.begin(), idle.end(), this), idle.end());
                 idle_ = false;
                 session_.quit();
+            } else if (session_.awaiting_handshake()) {
+                tls_failed("timed out");
+                return;
             } else {
                 error_ = remote() + ": timed out in phase " +
                          std::to_string(static_cast<int>(session_.phase()));
@@ -506,12 +663,19 @@ void OutboundConnection::on_close(void* self, int, uint32_t) {
 void OutboundConnection::after_close() {
     RM_ASSERT(inflight_ == 0 && !reading_);
     if (has_job_) finish_job("4.4.2 " + error_, sched::Outcome::deferred);
+    tls_.reset();  // its ~35 KiB go back with the connection
+    if (clear_retry_ && !stopping_) {
+        clear_retry_ = false;
+        want_tls_ = false;
+        connect();  // the same host again, in clear
+        return;
+    }
     if (retry_next_ && !stopping_ && !was_ready_ && next_target()) {
         retry_next_ = false;
         connect();
         return;
     }
-    if (retry_next_ && !was_ready_) delivery_.destination_failed(*dest_, error_);
+    if (retry_next_ && !was_ready_) delivery_.destination_failed(*dest_, error_, fail_status_);
     state_ = State::free;
     delivery_.connection_closed(this);
 }

@@ -7,12 +7,21 @@
 // envelope to the session, streams the text from the record (the session dot-stuffs or frames
 // BDAT), and reports every recipient's outcome. Idle, it waits --outbound-idle-ms for the next
 // job to the same destination, then says QUIT.
+//
+// TLS (--outbound-tls, RFC 3207): the session sends STARTTLS when the server offers it and the
+// policy wants it; on its 220 this driver runs a tls::TlsSession over the socket (ciphertext
+// to and from the ring, plaintext to and from the session). Under `may` a failed handshake
+// (error, close or timeout) reconnects to the same host in clear at once and marks the
+// destination so that its connections skip TLS for tls_broken_remember_ms (as Postfix and
+// KumoMTA do); under `encrypt` no STARTTLS or a failed handshake moves on to the next host, and
+// when none is left every waiting recipient is deferred with 4.7.5 — never sent in clear.
 #pragma once
 
 #include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,6 +31,7 @@
 #include "core/spool_reader.hpp"
 #include "net/smtp_client.hpp"
 #include "spool/record.hpp"
+#include "tls/tls_session.hpp"
 
 namespace ringmail {
 
@@ -56,6 +66,13 @@ class OutboundConnection {
     void go_idle();
     void take_job();
     [[nodiscard]] std::string remote() const;
+    // TLS.
+    void start_tls();
+    void tls_pump();  // ciphertext in → handshake or plaintext into the session
+    void tls_established();
+    void tls_failed(std::string_view why);
+    void feed_session(std::string_view in);
+    [[nodiscard]] bool tls_required_missing();  // `encrypt` and the session is in clear
     [[nodiscard]] uint64_t now_ms() const;
 
     static void on_connect(void* self, int res, uint32_t flags);
@@ -79,8 +96,18 @@ class OutboundConnection {
     uint32_t inflight_ = 0;
     uint32_t sent_ = 0;
     uint64_t deadline_ms_ = 0;
-    std::string pending_in_;  // received bytes the session could not take yet
-    std::string error_;       // the last failure, for the outcomes of waiting jobs
+    std::string pending_in_;             // received bytes the session could not take yet
+    std::string error_;                  // the last failure, for the outcomes of waiting jobs
+    const char* fail_status_ = "4.4.1";  // RFC 3463 code of error_ for the waiting jobs
+
+    // TLS: the session while STARTTLS is in force on this connection, else null.
+    std::unique_ptr<tls::TlsSession> tls_;
+    bool want_tls_ = false;     // this connection sends STARTTLS when offered
+    bool clear_retry_ = false;  // `may`: the handshake failed, reconnect in clear
+    std::string tls_in_;        // received ciphertext the TlsSession has no room for yet
+    std::string tls_desc_;      // "TLSv1.3/TLS_AES_128_GCM_SHA256" for the delivery log
+    size_t plain_off_ = 0, plain_len_ = 0;
+    char plain_[4096];  // decrypted replies the session has not taken yet
 
     sockaddr_storage peer_{};
     socklen_t peer_len_ = 0;

@@ -50,7 +50,9 @@ bool legal_transition(ClientPhase from, ClientPhase to) {
         case P::greeting:
             return to == P::ehlo || to == P::quit;
         case P::ehlo:
-            return to == P::ehlo || to == P::ready || to == P::quit;
+            return to == P::ehlo || to == P::starttls || to == P::ready || to == P::quit;
+        case P::starttls:
+            return to == P::ehlo || to == P::ready;
         case P::ready:
             return to == P::envelope || to == P::ready || to == P::quit;
         case P::envelope:
@@ -80,7 +82,9 @@ ClientSession::ClientSession(const ClientSettings& settings) : settings_(setting
     texts_.reserve(4096);
 }
 
-void ClientSession::start() {
+void ClientSession::start(bool want_tls) {
+    want_tls_ = want_tls;
+    awaiting_handshake_ = tls_active_ = false;
     parser_.reset();
     out_len_ = 0;
     written_total_ = sent_total_ = 0;
@@ -167,7 +171,10 @@ ClientSession::Pending ClientSession::pop_pending() {
 
 uint32_t ClientSession::timeout_ms() const {
     const ClientTimeouts& t = settings_.timeouts;
-    if (pending_count_ == 0) return phase_ == ClientPhase::body ? t.data_block_ms : 0;
+    if (pending_count_ == 0) {
+        if (awaiting_handshake_) return t.command_ms;  // the TLS handshake
+        return phase_ == ClientPhase::body ? t.data_block_ms : 0;
+    }
     switch (pending_[pending_head_].cmd) {
         case Cmd::greeting:
             return t.greeting_ms;
@@ -186,6 +193,7 @@ uint32_t ClientSession::timeout_ms() const {
         case Cmd::dot_discard:
         case Cmd::bdat_last:
             return t.data_end_ms;
+        case Cmd::starttls:
         case Cmd::rset:
         case Cmd::quit:
             return t.command_ms;
@@ -198,7 +206,7 @@ uint32_t ClientSession::timeout_ms() const {
 size_t ClientSession::feed(std::string_view in) {
     SMTP_ASSERT(phase_ != ClientPhase::init);
     size_t used = 0;
-    while (used < in.size() && phase_ != ClientPhase::done) {
+    while (used < in.size() && phase_ != ClientPhase::done && !awaiting_handshake_) {
         if (output_room() < kCommandHeadroomBytes) return used;
         size_t n = 0;
         const ReplyParser::Status st = parser_.feed(in.substr(used), n);
@@ -209,7 +217,10 @@ size_t ClientSession::feed(std::string_view in) {
             handle_reply();
         }
     }
-    return phase_ == ClientPhase::done ? in.size() : used;
+    // RFC 3207 §4.2 / CVE-2011-0411: bytes after the 220 to STARTTLS came in clear, where
+    // anyone on the path could have put them; they must never count as replies inside TLS.
+    if (phase_ == ClientPhase::done || awaiting_handshake_) return in.size();
+    return used;
 }
 
 void ClientSession::remember_reply() {
@@ -258,6 +269,8 @@ void ClientSession::handle_reply() {
             return on_ehlo(code, false);
         case Cmd::helo:
             return on_ehlo(code, true);
+        case Cmd::starttls:
+            return on_starttls(code);
         case Cmd::mail:
             return on_mail(code);
         case Cmd::rcpt:
@@ -290,6 +303,10 @@ void ClientSession::refuse_session() {
 void ClientSession::on_greeting(uint16_t code) {
     if (code / 100 != 2) return refuse_session();
     push_event(ClientEvent::greeting_ok);
+    send_ehlo();
+}
+
+void ClientSession::send_ehlo() {
     write_line({"EHLO ", settings_.helo_name});
     push_pending(Cmd::ehlo);
     enter(ClientPhase::ehlo);
@@ -301,6 +318,11 @@ void ClientSession::on_ehlo(uint16_t code, bool helo) {
             esmtp_ = true;
             parse_ehlo_keywords();
         }
+        if (starttls_ && want_tls_ && !tls_active_) {
+            write_line({"STARTTLS"});
+            push_pending(Cmd::starttls);
+            return enter(ClientPhase::starttls);
+        }
         enter(ClientPhase::ready);
         return push_event(ClientEvent::ready);
     }
@@ -311,6 +333,32 @@ void ClientSession::on_ehlo(uint16_t code, bool helo) {
         return;
     }
     refuse_session();
+}
+
+// RFC 3207 §4: 220 starts the handshake; any other answer leaves the session in clear (the
+// driver decides whether clear is acceptable, from tls_active()).
+void ClientSession::on_starttls(uint16_t code) {
+    if (code == 220) {
+        awaiting_handshake_ = true;
+        parser_.reset();
+        return push_event(ClientEvent::starttls_ready);
+    }
+    enter(ClientPhase::ready);
+    push_event(ClientEvent::ready);
+}
+
+void ClientSession::tls_started() {
+    SMTP_ASSERT(awaiting_handshake_ && phase_ == ClientPhase::starttls);
+    SMTP_ASSERT(pending_count_ == 0 && out_len_ == 0);  // STARTTLS was the last command
+    awaiting_handshake_ = false;
+    tls_active_ = true;
+    // RFC 3207 §4.2: the client MUST discard any knowledge obtained from the server before
+    // TLS, such as the EHLO keywords (a man in the middle could have stripped or added them).
+    esmtp_ = pipelining_ = eightbit_ = smtputf8_ = false;
+    chunking_ = starttls_ = enhanced_ = size_offered_ = false;
+    size_max_ = 0;
+    parser_.reset();
+    send_ehlo();
 }
 
 void ClientSession::parse_ehlo_keywords() {

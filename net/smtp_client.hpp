@@ -4,7 +4,7 @@
 // The delivery driver (the engine's outbound connection pool) owns the socket, the clock and
 // the spool; this object only turns received bytes into events and commands into bytes:
 //
-//   start()                  → expects the greeting
+//   start(want_tls)          → expects the greeting; with want_tls, STARTTLS when offered
 //   feed(bytes)              → replies parsed; events queued; commands written to output()
 //   output() / output_sent() → what to send, and how much was sent
 //   next_event()             → poll after every call until it returns ClientEvent::none
@@ -12,6 +12,7 @@
 //   body_chunk() / body_end()→ after `body_wanted`: the message text, dot-stuffed for DATA or
 //                              framed as BDAT chunks when CHUNKING is offered
 //   quit(), timeout(), peer_closed()
+//   tls_started()            → after starttls_ready, once the driver's TLS handshake is done
 //
 // One session serves several transactions in a row (`ready` after each); the driver decides
 // how many. Events are history: one feed() may queue `ready` and then, from a later reply in
@@ -90,7 +91,10 @@ enum class ClientEvent : uint8_t {
     greeting_ok,       // 220 received; EHLO is on its way
     greeting_failed,   // 4xx/5xx greeting, or EHLO/HELO refused: try the next MX
                        // (last_reply_*); QUIT is written and `closed` follows
-    ready,             // idle: begin_transaction() or quit() may be called
+    starttls_ready,    // 220 to STARTTLS: run the TLS handshake, then tls_started(); bytes
+                       // received after the 220 in clear were discarded (RFC 3207 §4.2)
+    ready,             // idle: begin_transaction() or quit() may be called; without TLS
+                       // when STARTTLS was not offered or refused (check tls_active())
     body_wanted,       // push the message text with body_chunk() / body_end()
     transaction_done,  // results() holds every recipient's outcome
     closed,            // the session is over (QUIT answered, or peer closed while idle)
@@ -102,6 +106,7 @@ enum class ClientPhase : uint8_t {
     init,      // before start()
     greeting,  // waiting for 220
     ehlo,      // EHLO or HELO sent
+    starttls,  // STARTTLS sent, or its 220 received and the TLS handshake under way
     ready,     // idle between transactions
     envelope,  // MAIL/RCPT/DATA in flight
     body,      // message text being sent (DATA) or BDAT chunks in flight
@@ -117,8 +122,17 @@ class ClientSession {
     ClientSession(const ClientSession&) = delete;
     ClientSession& operator=(const ClientSession&) = delete;
 
-    // A new connection is up: forget the previous one, expect the greeting.
-    void start();
+    // A new connection is up: forget the previous one, expect the greeting. want_tls: send
+    // STARTTLS after EHLO when the server offers it (RFC 3207).
+    void start(bool want_tls = false);
+
+    // The TLS handshake after starttls_ready succeeded: everything learnt from the EHLO in
+    // clear is forgotten and EHLO goes out again, now through TLS (RFC 3207 §4.2).
+    void tls_started();
+    // STARTTLS was answered with 220 and the handshake has not finished: feed() discards.
+    [[nodiscard]] bool awaiting_handshake() const { return awaiting_handshake_; }
+    // The session runs inside TLS (tls_started() was called on this connection).
+    [[nodiscard]] bool tls_active() const { return tls_active_; }
 
     // Received bytes. Returns how many were consumed: fewer than in.size() only while the
     // output lacks room for the commands a reply may trigger (re-feed after output_sent).
@@ -190,6 +204,7 @@ class ClientSession {
         greeting,
         ehlo,
         helo,
+        starttls,
         mail,
         rcpt,
         data,
@@ -233,6 +248,8 @@ class ClientSession {
     void on_greeting(uint16_t code);
     void on_ehlo(uint16_t code, bool helo);
     void parse_ehlo_keywords();
+    void on_starttls(uint16_t code);
+    void send_ehlo();
     void on_mail(uint16_t code);
     void on_rcpt(uint32_t i, uint16_t code);
     void on_data(uint16_t code);
@@ -278,6 +295,10 @@ class ClientSession {
     bool esmtp_ = false, pipelining_ = false, eightbit_ = false, smtputf8_ = false;
     bool chunking_ = false, starttls_ = false, enhanced_ = false;
     bool size_offered_ = false;
+    // STARTTLS (RFC 3207).
+    bool want_tls_ = false;
+    bool awaiting_handshake_ = false;
+    bool tls_active_ = false;
     uint64_t size_max_ = 0;
     uint32_t rcpt_limit_ = 0;
 

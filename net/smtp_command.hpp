@@ -24,7 +24,9 @@ enum class Verb : uint8_t {
     noop,
     quit,
     vrfy,
-    help
+    help,
+    starttls,
+    auth
 };
 
 struct VerbInfo {
@@ -34,7 +36,7 @@ struct VerbInfo {
     bool ends_group;      // RFC 2920 §3.1: must be the last command of a pipelined group
 };
 
-inline constexpr std::array<VerbInfo, 11> kVerbs{{
+inline constexpr std::array<VerbInfo, 13> kVerbs{{
     {Verb::ehlo, "EHLO", true, true},
     {Verb::helo, "HELO", true, true},
     {Verb::mail, "MAIL", true, false},
@@ -46,6 +48,8 @@ inline constexpr std::array<VerbInfo, 11> kVerbs{{
     {Verb::quit, "QUIT", false, true},
     {Verb::vrfy, "VRFY", true, true},
     {Verb::help, "HELP", true, true},
+    {Verb::starttls, "STARTTLS", false, true},  // RFC 3207 §4.2: what follows it is discarded
+    {Verb::auth, "AUTH", true, true},           // RFC 4954 §4: last command of a group
 }};
 
 [[nodiscard]] inline const VerbInfo* find_verb(std::string_view word) {

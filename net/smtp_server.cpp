@@ -51,6 +51,22 @@ bool iequals(std::string_view a, std::string_view b) {
     return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
 
+// tls/auth.hpp replies end in CRLF; put() adds its own.
+std::string_view without_crlf(std::string_view reply) {
+    if (reply.size() >= 2 && reply.substr(reply.size() - 2) == kCrlf) reply.remove_suffix(2);
+    return reply;
+}
+
+// Copies printable ASCII only (the text goes into a header line).
+size_t copy_printable(std::string_view in, char* out, size_t cap) {
+    const size_t n = std::min(in.size(), cap);
+    for (size_t i = 0; i < n; ++i) {
+        const auto c = static_cast<unsigned char>(in[i]);
+        out[i] = c > 0x20 && c < 0x7f ? static_cast<char>(c) : '?';
+    }
+    return n;
+}
+
 // Decimal digits only; a value past 64 bits saturates (a huge SIZE is simply too big).
 std::optional<uint64_t> parse_decimal(std::string_view s) {
     if (s.empty()) return std::nullopt;
@@ -215,7 +231,13 @@ void ServerSession::enter(Phase next) {
             legal = next == Phase::command || next == Phase::commit_wait || next == Phase::closed;
             break;
         case Phase::commit_wait:
+        case Phase::tls_wait:
+        case Phase::auth_wait:
             legal = next == Phase::command || next == Phase::closed;
+            break;
+        case Phase::auth_line:
+            legal = next == Phase::command || next == Phase::auth_line ||
+                    next == Phase::auth_wait || next == Phase::closed;
             break;
         case Phase::closed:
             legal = next == Phase::closed;
@@ -254,6 +276,10 @@ void ServerSession::reset(const ClientInfo& client) {
     std::memcpy(client_addr_, client.addr_text.data(), client_addr_len_);
     reset_transaction();
     greeting_unsent_ = false;
+    submission_ = client.submission;
+    tls_ = authenticated_ = auth_checking_ = false;
+    auth_.reset();
+    tls_version_len_ = tls_cipher_len_ = 0;
 }
 
 void ServerSession::refuse(std::string_view reply_line) {
@@ -332,6 +358,7 @@ void ServerSession::close_with(std::initializer_list<std::string_view> parts) {
 }
 
 void ServerSession::close_session() {
+    auth_.reset();  // a LOGIN exchange may hold a username
     if (phase_ != Phase::commit_wait) {
         reset_transaction();
         enter(Phase::closed);
@@ -425,7 +452,7 @@ bool ServerSession::begin_message() {
         rcpt_views_.push_back({view(r.address), view(r.params)});
     const Envelope env{
         .helo = {helo_, helo_len_},
-        .protocol = esmtp_ ? "ESMTP" : "SMTP",
+        .protocol = protocol(),
         .mail_from = view(mail_from_),
         .mail_params = view(mail_params_),
         .rcpts = rcpt_views_,
@@ -462,9 +489,16 @@ void ServerSession::build_received(int64_t unix_time_s) {
     w.add("])\r\n\tby ");
     w.add(settings_.hostname);
     w.add(" (ringmail) with ");
-    w.add(esmtp_ ? "ESMTP" : "SMTP");
+    w.add(protocol());
     w.add(" id ");
     w.add({id, sizeof id});
+    if (tls_) {
+        w.add("\r\n\t(using ");
+        w.add({tls_version_, tls_version_len_});
+        w.add(" with cipher ");
+        w.add({tls_cipher_, tls_cipher_len_});
+        w.add(")");
+    }
     if (rcpts_.size() == 1) {
         w.add("\r\n\tfor <");
         w.add(view(rcpts_.front().address));
@@ -474,6 +508,13 @@ void ServerSession::build_received(int64_t unix_time_s) {
     w.add({date, date_n});
     w.add(kCrlf);
     received_len_ = w.len;
+}
+
+// RFC 3848 transmission types for the Received "with" clause.
+std::string_view ServerSession::protocol() const {
+    if (!esmtp_) return "SMTP";
+    if (tls_) return authenticated_ ? "ESMTPSA" : "ESMTPS";
+    return authenticated_ ? "ESMTPA" : "ESMTP";
 }
 
 void ServerSession::fail_message(Refusal r) {
@@ -495,8 +536,14 @@ size_t ServerSession::feed(std::string_view in) {
         size_t n = 0;
         switch (phase_) {
             case Phase::command:
+            case Phase::auth_line:
                 n = feed_command(rest);
                 break;
+            case Phase::tls_wait:
+                // RFC 3207 §4.2: what was pipelined after STARTTLS came in clear before the
+                // handshake; running it afterwards would let an attacker inject commands into
+                // the protected session (CVE-2011-0411). Consumed and dropped.
+                return in.size();
             case Phase::data:
                 n = feed_data(rest);
                 break;
@@ -505,6 +552,7 @@ size_t ServerSession::feed(std::string_view in) {
                 break;
             case Phase::idle:
             case Phase::commit_wait:
+            case Phase::auth_wait:
             case Phase::closed:
                 return used;
         }
@@ -520,13 +568,14 @@ size_t ServerSession::feed_command(std::string_view in) {
     if (discarding_line_) {
         if (lf == std::string_view::npos) return in.size();
         discarding_line_ = false;
-        reject({"500 5.5.2 Error: line too long"});
+        line_too_long();
         return lf + 1;
     }
+    const size_t max = line_max(in);
     if (lf == std::string_view::npos) {
         // No line end yet. 512 octets without one can only be an overlong line (§4.5.3.1.4):
         // start discarding now so the buffer stays bounded, reply when the line ends.
-        if (line_len_ + in.size() >= sizeof line_) {
+        if (line_len_ + in.size() >= max) {
             line_len_ = 0;
             discarding_line_ = true;
         } else {
@@ -536,9 +585,9 @@ size_t ServerSession::feed_command(std::string_view in) {
         return in.size();
     }
     const size_t take = lf + 1;
-    if (line_len_ + take > sizeof line_) {
+    if (line_len_ + take > max) {
         line_len_ = 0;
-        reject({"500 5.5.2 Error: line too long"});
+        line_too_long();
         return take;
     }
     std::string_view line = in.substr(0, take);
@@ -547,8 +596,36 @@ size_t ServerSession::feed_command(std::string_view in) {
         line = {line_, line_len_ + take};
         line_len_ = 0;
     }
-    execute(line, take < in.size());
+    if (phase_ == Phase::auth_line) {
+        auth_continue(line);
+    } else {
+        execute(line, take < in.size());
+    }
     return take;
+}
+
+// The longest line accepted here: AUTH lines (and answers to its challenges) may be longer
+// than other commands (RFC 4954 §4). The verb may be split across feeds: look at both parts.
+size_t ServerSession::line_max(std::string_view in) const {
+    if (phase_ == Phase::auth_line) return kAuthLineMaxBytes;
+    constexpr std::string_view kAuth = "AUTH ";
+    char head[kAuth.size()];
+    const size_t a = std::min(line_len_, kAuth.size());
+    std::memcpy(head, line_, a);
+    const size_t b = std::min(kAuth.size() - a, in.size());
+    std::memcpy(head + a, in.data(), b);
+    const bool auth = a + b == kAuth.size() && iequals({head, kAuth.size()}, kAuth);
+    return auth ? kAuthLineMaxBytes : limits::command_line_max_bytes;
+}
+
+void ServerSession::line_too_long() {
+    if (phase_ == Phase::auth_line) {
+        auth_.reset();
+        enter(Phase::command);
+        reject({without_crlf(tls::auth_reply_line_too_long)});
+        return;
+    }
+    reject({"500 5.5.2 Error: line too long"});
 }
 
 void ServerSession::execute(std::string_view line, bool more_follows) {
@@ -598,6 +675,10 @@ void ServerSession::execute(std::string_view line, bool more_follows) {
                 {"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"});
         case Verb::help:
             return put({"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY"});
+        case Verb::starttls:
+            return do_starttls();
+        case Verb::auth:
+            return do_auth(args);
         case Verb::unknown:
             break;
     }
@@ -624,13 +705,109 @@ void ServerSession::do_hello(std::string_view args, bool esmtp) {
     const auto [end, ec] =
         std::to_chars(size, size + sizeof size, settings_.message_size_max_bytes);
     SMTP_ASSERT(ec == std::errc());
+    // RFC 3207 §4.2: no STARTTLS once TLS is on; smtp.md: AUTH only over TLS (RFC 4954 §4).
+    const std::string_view starttls =
+        settings_.starttls_available && !tls_ ? "\r\n250-STARTTLS" : "";
+    const std::string_view auth = settings_.auth_available && tls_ ? "\r\n250-AUTH " : "";
+    const std::string_view mechanisms = auth.empty() ? "" : tls::auth_mechanisms;
     put({"250-", settings_.hostname, "\r\n250-PIPELINING\r\n250-SIZE ",
          std::string_view(size, static_cast<size_t>(end - size)),
-         "\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING"});
+         "\r\n250-8BITMIME\r\n250-SMTPUTF8", starttls, auth, mechanisms,
+         "\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING"});
+}
+
+void ServerSession::do_starttls() {
+    if (!settings_.starttls_available) return reject({"502 5.5.1 Error: command not implemented"});
+    if (tls_) return reject({"503 5.5.1 Error: TLS already active"});
+    if (mail_active_) return reject({"503 5.5.1 Error: MAIL transaction in progress"});
+    put({"220 2.0.0 Ready to start TLS"});
+    line_len_ = 0;
+    discarding_line_ = false;
+    enter(Phase::tls_wait);
+}
+
+void ServerSession::tls_started(std::string_view version, std::string_view cipher) {
+    SMTP_ASSERT(!tls_ && !close_);
+    SMTP_ASSERT(phase_ == Phase::tls_wait || (phase_ == Phase::command && !greeted_));
+    tls_ = true;
+    tls_version_len_ = copy_printable(version, tls_version_, sizeof tls_version_);
+    tls_cipher_len_ = copy_printable(cipher, tls_cipher_, sizeof tls_cipher_);
+    // RFC 3207 §4.2: forget all knowledge obtained from the client before TLS; it must send
+    // EHLO again.
+    greeted_ = esmtp_ = false;
+    helo_len_ = 0;
+    line_len_ = 0;
+    discarding_line_ = false;
+    reset_transaction();
+    bdat_failed_ = Refusal::none;
+    if (phase_ == Phase::tls_wait) enter(Phase::command);
+}
+
+void ServerSession::do_auth(std::string_view args) {
+    if (!settings_.auth_available) return reject({"503 5.5.1 Error: authentication not enabled"});
+    // smtp.md: never let a password cross the wire in clear.
+    if (!tls_) return reject({without_crlf(tls::auth_reply_tls_required)});
+    if (!esmtp_) return reject({"503 5.5.1 Error: send EHLO first"});
+    if (authenticated_) return reject({"503 5.5.1 Error: already authenticated"});  // §4
+    if (mail_active_) return reject({"503 5.5.1 Error: MAIL transaction in progress"});
+    on_auth_step(auth_.start(args));
+}
+
+void ServerSession::auth_continue(std::string_view line) {
+    line.remove_suffix(line.size() >= 2 && line[line.size() - 2] == '\r' ? 2 : 1);
+    on_auth_step(auth_.resume(line));
+}
+
+void ServerSession::on_auth_step(const tls::AuthStep& step) {
+    switch (step.action) {
+        case tls::AuthAction::challenge:
+            put({without_crlf(step.reply)});
+            enter(Phase::auth_line);
+            return;
+        case tls::AuthAction::verify:
+            auth_checking_ = false;
+            enter(Phase::auth_wait);
+            return;
+        case tls::AuthAction::rejected:
+            if (phase_ == Phase::auth_line) enter(Phase::command);
+            // A cancel is the client's choice; a malformed exchange counts as junk.
+            if (step.reply == tls::auth_reply_cancelled) return put({without_crlf(step.reply)});
+            return reject({without_crlf(step.reply)});
+    }
+    SMTP_ASSERT(false);
+}
+
+void ServerSession::auth_check_started() {
+    SMTP_ASSERT(wants_auth_check());
+    auth_checking_ = true;
+    auth_.reset();  // the driver holds the only copy now
+}
+
+void ServerSession::auth_result(AuthOutcome r) {
+    if (phase_ != Phase::auth_wait) return;  // closed meanwhile (timeout, shutdown, peer)
+    SMTP_ASSERT(auth_checking_);
+    auth_checking_ = false;
+    enter(Phase::command);
+    switch (r) {
+        case AuthOutcome::ok:
+            authenticated_ = true;
+            return put({without_crlf(tls::auth_reply_ok)});
+        case AuthOutcome::failed:
+            return put({without_crlf(tls::auth_reply_failed)});
+        case AuthOutcome::temporary:
+            return put({"454 4.7.0 Temporary authentication failure"});
+        case AuthOutcome::too_many:
+            return close_with(
+                {"421 4.7.0 ", settings_.hostname, " Error: too many failed authentications"});
+    }
+    SMTP_ASSERT(false);
 }
 
 void ServerSession::do_mail(std::string_view args) {
     if (!greeted_) return reject({"503 5.5.1 Error: send HELO/EHLO first"});
+    // RFC 6409 §4.3 / RFC 8314 §3.3: submission is for authenticated users, over TLS.
+    if (submission_ && !tls_) return reject({"530 5.7.0 Must issue a STARTTLS command first"});
+    if (submission_ && !authenticated_) return reject({"530 5.7.0 Authentication required"});
     if (mail_active_) return reject({"503 5.5.1 Error: nested MAIL command"});
     if (!istarts_with(args, "FROM:")) return reject({"501 5.5.4 Syntax: MAIL FROM:<address>"});
     const PathResult p = parse_path(args.substr(5), {.allow_null = true});
@@ -687,8 +864,8 @@ void ServerSession::do_rcpt(std::string_view args) {
     if (rcpts_.size() >= settings_.recipients_max) return put({"452 4.5.3 Too many recipients"});
     // RFC 5321 §4.5.1: postmaster (no domain) is accepted from anyone.
     const bool postmaster = p.path.domain.empty();
-    if (!postmaster &&
-        !settings_.relay->may_send(client_trusted_, p.path.local_part, p.path.domain))
+    if (!postmaster && !settings_.relay->may_send(client_trusted_ || authenticated_,
+                                                  p.path.local_part, p.path.domain))
         return reject({"554 5.7.1 <", p.path.address, ">: Relay access denied"});
     const Slice address = stash(p.path.address);
     rcpts_.push_back({address, stash(p.rest)});

@@ -11,7 +11,12 @@
 //  - only CRLF.CRLF ends DATA; a message with a bare CR or LF is refused and aborted;
 //  - a message is reported to the sink with message_end() only when it is complete and valid;
 //    the session then waits (consuming no more input) until commit_done();
-//  - a command line longer than 512 octets is refused whole, never split into two commands.
+//  - a command line longer than 512 octets is refused whole, never split into two commands;
+//  - STARTTLS (RFC 3207): bytes that follow it in the same feed are discarded, the session then
+//    waits for tls_started() and forgets everything the client said before (EHLO included);
+//  - AUTH (RFC 4954) only over TLS (538 5.7.11 before, and not advertised); the credentials are
+//    handed to the driver (wants_auth_check) and wiped once it took them; a failed or cancelled
+//    exchange leaves nothing behind; on a submission listener MAIL needs TLS and AUTH first.
 #pragma once
 
 #include <cstddef>
@@ -24,6 +29,7 @@
 
 #include "core/limits.hpp"
 #include "net/relay_policy.hpp"
+#include "tls/auth.hpp"
 
 namespace ringmail::smtp {
 
@@ -32,6 +38,9 @@ struct ClientInfo {
     std::string_view addr_text;  // "192.0.2.1" or "2001:db8::1" (no brackets)
     IpAddress addr;              // for the relay policy
     bool relay_allowed = false;  // in --relay-networks
+    // A submission listener (587 with STARTTLS, 465 implicit TLS, RFC 6409 / RFC 8314): MAIL
+    // needs TLS and AUTH first.
+    bool submission = false;
 };
 
 // Settings shared by every session of a process (read-only after start).
@@ -41,6 +50,8 @@ struct ServerSettings {
     uint32_t recipients_max = limits::recipients_max_default;
     uint32_t junk_commands_max = limits::junk_commands_max_default;
     const RelayPolicy* relay = nullptr;  // must be set
+    bool starttls_available = false;     // a certificate is loaded: STARTTLS is offered
+    bool auth_available = false;         // --auth-users is loaded: AUTH is offered over TLS
 };
 
 // One recipient as received: the path without brackets (source route removed) and its
@@ -54,7 +65,7 @@ struct Recipient {
 // message_abort() returns... and, for message_end, until commit_done() is called.
 struct Envelope {
     std::string_view helo;       // the EHLO/HELO argument
-    std::string_view protocol;   // "SMTP" or "ESMTP" (later ESMTPS / ESMTPSA)
+    std::string_view protocol;   // RFC 3848: "SMTP", "ESMTP", "ESMTPS", "ESMTPSA"
     std::string_view mail_from;  // reverse-path without brackets; "" is the null sender
     std::string_view mail_params;
     std::span<const Recipient> rcpts;
@@ -91,6 +102,14 @@ class MessageSink {
 
 // Queue ids are 64-bit numbers written as 16 lowercase hex digits (no allocation).
 void format_queue_id(uint64_t id, char (&out)[16]);
+
+// What the driver learned of an AUTH check it was asked for (wants_auth_check).
+enum class AuthOutcome : uint8_t {
+    ok,         // 235 2.7.0
+    failed,     // 535 5.7.8 (the driver has already applied its delay)
+    temporary,  // 454 4.7.0: the checker is overloaded
+    too_many,   // 421 4.7.0 and close: too many failures from this client address
+};
 
 enum class CommitResult : uint8_t {
     ok,        // 250 2.0.0 Ok: queued as <id>
@@ -133,6 +152,26 @@ class ServerSession {
     [[nodiscard]] std::string_view output() const { return {out_, out_len_}; }
     void output_sent(size_t n);
 
+    // STARTTLS was accepted: send output() in clear, then run the TLS handshake; everything
+    // received before it completes is discarded (RFC 3207 §4.2, CVE-2011-0411).
+    [[nodiscard]] bool wants_starttls() const { return phase_ == Phase::tls_wait; }
+    // The handshake is done (after STARTTLS, or right after start() on an implicit-TLS
+    // listener). version/cipher go into the Received header.
+    void tls_started(std::string_view version, std::string_view cipher);
+    [[nodiscard]] bool tls_active() const { return tls_; }
+
+    // AUTH: the exchange asks for a password check. The driver takes auth_username() and
+    // auth_password(), then calls auth_check_started() (which wipes them here) and later
+    // auth_result(). Input waits meanwhile.
+    [[nodiscard]] bool wants_auth_check() const {
+        return phase_ == Phase::auth_wait && !auth_checking_;
+    }
+    [[nodiscard]] std::string_view auth_username() const { return auth_.username(); }
+    [[nodiscard]] std::string_view auth_password() const { return auth_.password(); }
+    void auth_check_started();
+    void auth_result(AuthOutcome r);  // ignored once the session is closing
+    [[nodiscard]] bool authenticated() const { return authenticated_; }
+
     [[nodiscard]] bool wants_close() const { return close_; }  // after output() is sent
     [[nodiscard]] bool waiting_commit() const;
     [[nodiscard]] bool in_data() const;  // the data timeout applies, not the command one
@@ -140,7 +179,17 @@ class ServerSession {
   private:
     // Implementation state (net/smtp_server.cpp). Fixed buffers: no allocation per message in
     // the steady state (the envelope arena keeps its capacity across messages).
-    enum class Phase : uint8_t { idle, command, data, bdat_chunk, commit_wait, closed };
+    enum class Phase : uint8_t {
+        idle,
+        command,
+        data,
+        bdat_chunk,
+        commit_wait,
+        tls_wait,   // STARTTLS answered; input is discarded until tls_started()
+        auth_line,  // an AUTH challenge was sent; the next line is the client's answer
+        auth_wait,  // credentials complete; the driver checks them
+        closed
+    };
     // Where the DATA scanner stands relative to the CRLF.CRLF terminator (RFC 5321 §4.1.1.4).
     enum class DataState : uint8_t { line_start, mid_line, cr, dot, dot_cr };
     // Why a message (or a BDAT chunk) is refused; the reply comes at its end.
@@ -155,6 +204,11 @@ class ServerSession {
         Slice params;
     };
     static constexpr size_t kReceivedMaxBytes = 1024;
+    // RFC 4954 §4: the 512-octet limit does not hold for AUTH lines. Ours carry at most a
+    // PLAIN message of three 255-octet fields in base64, after "AUTH <mechanism> ".
+    static constexpr size_t kAuthLineMaxBytes =
+        32 + tls::base64_encoded_bytes(tls::auth_plain_max_bytes) + 2;
+    static_assert(kAuthLineMaxBytes > limits::command_line_max_bytes);
 
     void enter(Phase next);
     void put(std::initializer_list<std::string_view> parts);
@@ -177,6 +231,13 @@ class ServerSession {
     void do_bdat(std::string_view args);
     void do_rset();
     void do_quit();
+    void do_starttls();
+    void do_auth(std::string_view args);
+    void auth_continue(std::string_view line);
+    void on_auth_step(const tls::AuthStep& step);
+    void line_too_long();
+    [[nodiscard]] size_t line_max(std::string_view in) const;
+    [[nodiscard]] std::string_view protocol() const;
 
     [[nodiscard]] bool begin_message();
     [[nodiscard]] bool emit(const char* p, size_t n);
@@ -209,7 +270,7 @@ class ServerSession {
     size_t helo_len_ = 0;
 
     // Command line assembly across feeds; an overlong line is discarded up to its LF.
-    char line_[limits::command_line_max_bytes];
+    char line_[kAuthLineMaxBytes];
     size_t line_len_ = 0;
     bool discarding_line_ = false;
 
@@ -242,6 +303,17 @@ class ServerSession {
 
     char received_[kReceivedMaxBytes];
     size_t received_len_ = 0;
+
+    // TLS and AUTH.
+    bool submission_ = false;
+    bool tls_ = false;
+    bool authenticated_ = false;
+    bool auth_checking_ = false;  // the driver has the credentials; auth_result() follows
+    tls::AuthExchange auth_;
+    char tls_version_[16];
+    size_t tls_version_len_ = 0;
+    char tls_cipher_[64];
+    size_t tls_cipher_len_ = 0;
 };
 
 }  // namespace ringmail::smtp

@@ -9,6 +9,7 @@
 // clang-format off
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 // clang-format on
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 namespace ringmail::tls {
 namespace {
@@ -47,14 +49,39 @@ constexpr const char* client_ciphers =
     "ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:"
     "AES128-GCM-SHA256:AES256-GCM-SHA384";
 
-// Server-side session cache lifetime; tickets carry the same lifetime.
-constexpr unsigned session_timeout_s = 3600;
+// Server-side session cache lifetime; tickets carry the same lifetime (the ticket hint).
+// wolfSSL's default ticket key callback issues a ticket only if its key outlives the hint; its
+// keys live one hour from first use (WOLFSSL_TICKET_KEY_LIFETIME) and rotate between two, so
+// the hint must stay under half of that. With a one-hour hint, wolfSSL 5.5.4 fails every
+// handshake (error 1, "ticket rejected") once the key is a second old.
+constexpr unsigned session_timeout_s = 300;  // wolfSSL's own SESSION_TICKET_HINT_DEFAULT
+constexpr unsigned wolfssl_ticket_key_lifetime_s = 3600;
+static_assert(session_timeout_s < wolfssl_ticket_key_lifetime_s / 2);
 
 std::string wolf_error_text(const char* what, int code) {
     char buf[80];
     wolfSSL_ERR_error_string_n(static_cast<unsigned long>(code < 0 ? -code : code), buf,
                                sizeof buf);
     return std::string(what) + ": " + buf;
+}
+
+// wolfSSL_Init and wolfSSL_Cleanup count references, but the first init (seeding the global
+// RNG, setting up the session cache) is not safe against a concurrent one: two reactors that
+// built their client contexts at the same moment crashed in wolfSSL_RAND_seed. All our calls
+// go through this lock.
+std::mutex& library_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+void library_acquire() {
+    std::lock_guard<std::mutex> lock(library_mutex());
+    wolfSSL_Init();
+}
+
+void library_release() {
+    std::lock_guard<std::mutex> lock(library_mutex());
+    wolfSSL_Cleanup();
 }
 
 [[nodiscard]] bool common_setup(WOLFSSL_CTX* ctx, const char* ciphers, std::string* error) {
@@ -79,21 +106,21 @@ TlsContext::TlsContext(WOLFSSL_CTX* ctx, TlsRole role) noexcept : ctx_(ctx), rol
 
 TlsContext::~TlsContext() {
     wolfSSL_CTX_free(ctx_);
-    wolfSSL_Cleanup();  // reference counted: pairs with the wolfSSL_Init of the factory
+    library_release();  // reference counted: pairs with the acquire of the factory
 }
 
 std::unique_ptr<TlsContext> TlsContext::adopt(WOLFSSL_CTX* ctx, TlsRole role) {
     // The caller built ctx, hence already ran wolfSSL_Init; take one more reference for ~.
-    wolfSSL_Init();
+    library_acquire();
     return std::unique_ptr<TlsContext>(new TlsContext(ctx, role));
 }
 
 std::unique_ptr<TlsContext> TlsContext::server(const TlsServerSettings& settings,
                                                std::string* error) {
-    wolfSSL_Init();
+    library_acquire();
     WOLFSSL_CTX* ctx = wolfSSL_CTX_new(wolfSSLv23_server_method());
     if (ctx == nullptr) {
-        wolfSSL_Cleanup();
+        library_release();
         *error = "cannot create the server TLS context";
         return nullptr;
     }
@@ -124,10 +151,10 @@ std::unique_ptr<TlsContext> TlsContext::server(const TlsServerSettings& settings
 
 std::unique_ptr<TlsContext> TlsContext::client(const TlsClientSettings& settings,
                                                std::string* error) {
-    wolfSSL_Init();
+    library_acquire();
     WOLFSSL_CTX* ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
     if (ctx == nullptr) {
-        wolfSSL_Cleanup();
+        library_release();
         *error = "cannot create the client TLS context";
         return nullptr;
     }
@@ -144,6 +171,12 @@ std::unique_ptr<TlsContext> TlsContext::client(const TlsClientSettings& settings
     }
     wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, nullptr);
     return owned;
+}
+
+void release_thread_caches() noexcept {
+#if defined(HAVE_ECC) && defined(FP_ECC)
+    wc_ecc_fp_free();
+#endif
 }
 
 // --- TlsResumption ----------------------------------------------------------------------------

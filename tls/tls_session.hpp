@@ -85,6 +85,11 @@ class TlsContext {
     TlsRole role_;
 };
 
+// Frees the calling thread's wolfSSL caches: Debian's wolfSSL keeps a fixed-point ECC table
+// per thread (FP_ECC with thread-local storage) that only this frees. Every thread that ran
+// handshakes calls it before it ends (the reactors, at the end of Engine::run).
+void release_thread_caches() noexcept;
+
 // A client-side session ticket / ID kept to resume the next connection to the same peer.
 class TlsResumption {
   public:

@@ -7,7 +7,9 @@ daemon).
 
 What it pins: the sink counts exactly what the source sent and finds exactly the bodies damaged
 on the way; the source's reply counts by code equal the scripted sink's own counts; the open loop
-keeps its requested rate; messages the source sends to ringmail are all in the spool. Everything
+keeps its requested rate; messages the source sends to ringmail are all in the spool, also over
+STARTTLS and implicit TLS with AUTH PLAIN (one handshake per connection, counted); a refused
+password or a missing STARTTLS is counted as such and sends no mail. Everything
 is on loopback and bounded in time; readiness is a line the sink prints once it listens (read
 under a deadline), never a sleep.
 """
@@ -265,13 +267,23 @@ def test_open_loop_keeps_the_requested_rate(sinks):
     assert 1800 <= r["messages_per_s"] <= 2200, r
 
 
-def test_tls_and_auth_flags_say_not_yet():
+def test_starttls_not_offered_is_a_tls_failure(sinks):
+    sink = sinks()  # the sink offers no STARTTLS
+    r = source(sink.port, "--starttls", "--messages", "10", "--sessions", "3")
+    sink.stop()
+    assert r["tls"] == "starttls"
+    assert r["tls_failures"] == 3 and r["tls_handshakes"] == 0, r
+    assert r["messages_started"] == 0
+    assert r["replies"]["ehlo"] == {"250": 3}
+    assert "starttls" not in r["replies"] or r["replies"]["starttls"] == {}
+
+
+def test_starttls_and_tls_exclude_each_other():
     need_binary()
-    for flag in (["--starttls"], ["--tls"], ["--auth", "u:p"]):
-        p = subprocess.run([BENCH_BIN, "source", "127.0.0.1:1", *flag], capture_output=True,
-                           timeout=30)
-        assert p.returncode == 2
-        assert b"not yet" in p.stderr
+    p = subprocess.run([BENCH_BIN, "source", "127.0.0.1:1", "--starttls", "--tls"],
+                       capture_output=True, timeout=30)
+    assert p.returncode != 0
+    assert b"excludes" in p.stderr
 
 
 # --- against the daemon ------------------------------------------------------------------
@@ -299,3 +311,71 @@ def test_idle_sessions_are_held(ringmail):
     assert r["connections"] == 50
     assert r["replies"]["quit"] == {"221": 50}
     assert r["messages_started"] == 0
+
+
+# --- TLS and AUTH against the daemon -------------------------------------------------------
+
+TLS_USER, TLS_PASSWORD = "bench", "bench-secret"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench-tls")
+    cert, key, users = d / "cert.pem", d / "key.pem", d / "users"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=ringmail-bench.test"],
+                   check=True, capture_output=True, timeout=30)
+    hashed = subprocess.run(["openssl", "passwd", "-6", TLS_PASSWORD], check=True,
+                            capture_output=True, timeout=30).stdout.decode().strip()
+    users.write_text(f"{TLS_USER}:{hashed}\n")
+    return {"cert": str(cert), "key": str(key), "users": str(users)}
+
+
+@pytest.fixture
+def tlsd(ringmail_factory, tls_files):
+    """ringmail with STARTTLS on its plain port and an implicit-TLS (smtps) port."""
+    smtps = free_port()
+    d = ringmail_factory("--smtps-listen", f"127.0.0.1:{smtps}", "--tls-cert", tls_files["cert"],
+                         "--tls-key", tls_files["key"], "--auth-users", tls_files["users"])
+    d.smtps_port = smtps
+    return d
+
+
+def test_source_starttls_into_ringmail_reuses_connections(tlsd):
+    n, sessions = 300, 4
+    r = source(tlsd.port, "--starttls", "--messages", str(n), "--sessions", str(sessions))
+    assert r["messages_accepted"] == n, r
+    assert r["tls"] == "starttls" and r["tls_failures"] == 0
+    # One handshake per connection, every message over it.
+    assert r["tls_handshakes"] == r["connections"] == sessions, r
+    assert r["replies"]["starttls"] == {"220": sessions}
+    assert r["replies"]["ehlo"] == {"250": 2 * sessions}  # EHLO again inside TLS
+    assert r["latency_handshake_ms"]["count"] == sessions
+    assert len(tlsd.spool_json()) == n
+
+
+def test_source_implicit_tls_auth_one_message_per_connection(tlsd):
+    n = 40
+    r = source(tlsd.smtps_port, "--tls", "--auth", f"{TLS_USER}:{TLS_PASSWORD}", "--messages",
+               str(n), "--sessions", "4", "--messages-per-connection", "1")
+    assert r["messages_accepted"] == n, r
+    assert r["tls"] == "implicit" and r["auth"] is True
+    assert r["tls_failures"] == 0 and r["auth_failures"] == 0
+    # A new connection, handshake and AUTH per message (plus at most one per session that
+    # found no message left).
+    assert n <= r["tls_handshakes"] <= n + 4, r
+    assert r["replies"]["auth"] == {"235": r["tls_handshakes"]}
+    assert r["handshakes_per_s"] > 0
+    assert "starttls" not in r["replies"] or r["replies"]["starttls"] == {}
+    assert len(tlsd.spool_json()) == n
+
+
+def test_source_refused_password_sends_nothing(tlsd):
+    r = source(tlsd.smtps_port, "--tls", "--auth", f"{TLS_USER}:wrong", "--messages", "10",
+               "--sessions", "2")
+    assert r["auth_failures"] == 2, r
+    assert r["messages_started"] == 0
+    assert sum(r["replies"]["auth"].values()) == 2
+    assert "235" not in r["replies"]["auth"]
+    assert tlsd.spool_json() == []

@@ -1024,5 +1024,160 @@ TEST(SmtpReplyFuzz, RandomBytesStayWithinBounds) {
     }
 }
 
+// --- STARTTLS (RFC 3207) ---------------------------------------------------------------
+
+constexpr std::string_view kEhloAfterTls =
+    "250-mx.remote.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+// A harness whose session wants TLS; it stops at `starttls_ready` like a driver would. (Not
+// returned by value: the session holds a reference to the harness's settings.)
+void want_tls(Harness& h) {
+    h.hold = true;
+    h.c->start(true);
+}
+
+TEST(SmtpClientStartTls, SentAfterEhloThenEhloAgainInsideTls) {
+    Harness h;
+    want_tls(h);
+    h.server(kGreeting);
+    h.server(kEhloPipelining);  // offers STARTTLS
+    EXPECT_EQ(h.sent, "EHLO relay.test\r\nSTARTTLS\r\n");
+    EXPECT_EQ(h.c->phase(), ClientPhase::starttls);
+    EXPECT_EQ(h.count(E::ready), 0u);  // no transaction in clear
+    EXPECT_GT(h.c->timeout_ms(), 0u);
+
+    h.server("220 2.0.0 go ahead\r\n");
+    EXPECT_EQ(h.count(E::starttls_ready), 1u);
+    EXPECT_TRUE(h.c->awaiting_handshake());
+    EXPECT_FALSE(h.c->tls_active());
+    EXPECT_GT(h.c->timeout_ms(), 0u);  // the handshake is timed too
+
+    h.sent.clear();
+    h.c->tls_started();
+    // RFC 3207 §4.2: what the cleartext EHLO said is forgotten.
+    EXPECT_FALSE(h.c->offers_pipelining());
+    EXPECT_FALSE(h.c->offers_starttls());
+    EXPECT_EQ(h.c->server_size_max(), 0u);
+    EXPECT_TRUE(h.c->tls_active());
+    h.pump();
+    EXPECT_EQ(h.sent, "EHLO relay.test\r\n");
+    EXPECT_EQ(h.c->phase(), ClientPhase::ehlo);
+
+    h.hold = false;
+    h.add(simple({"a@remote.test"}));
+    h.server(kEhloAfterTls);
+    EXPECT_TRUE(h.c->offers_pipelining());
+    EXPECT_EQ(h.count(E::ready), 1u);
+    h.server("250 ok\r\n250 ok\r\n354 go\r\n");
+    h.server("250 queued\r\n");
+    h.server("221 bye\r\n");
+    ASSERT_EQ(h.results.size(), 1u);
+    EXPECT_EQ(h.results[0], Lines({"delivered 250 2.0.0"}));
+    EXPECT_EQ(h.count(E::closed), 1u);
+}
+
+// CVE-2011-0411 class: a man in the middle appends replies after the 220; they arrive in
+// clear and must not answer the EHLO sent inside TLS. Every split point of the read.
+TEST(SmtpClientStartTls, BytesAfterThe220AreDiscarded) {
+    const std::string read = "220 go ahead\r\n250-evil\r\n250 PIPELINING\r\n250 ok\r\n";
+    for (size_t cut = 0; cut <= read.size(); ++cut) {
+        SCOPED_TRACE(cut);
+        Harness h;
+        want_tls(h);
+        h.server(kGreeting);
+        h.server(kEhloPipelining);
+        h.server_split(read, cut);
+        ASSERT_EQ(h.count(E::starttls_ready), 1u);
+        EXPECT_EQ(h.count(E::ready), 0u);
+        EXPECT_EQ(h.count(E::protocol_error), 0u);
+        // Late cleartext (a second read before the handshake) is dropped as well.
+        EXPECT_EQ(h.c->feed("250 more injected\r\n"), 19u);
+        EXPECT_EQ(h.count(E::ready), 0u);
+        h.c->tls_started();
+        h.pump();
+        EXPECT_FALSE(h.c->offers_pipelining());  // the injected EHLO answer was not used
+        EXPECT_EQ(h.c->phase(), ClientPhase::ehlo);
+        h.server("250-mx.remote.test\r\n250 8BITMIME\r\n");
+        EXPECT_EQ(h.count(E::ready), 1u);
+        EXPECT_FALSE(h.c->offers_pipelining());
+        EXPECT_TRUE(h.c->offers_8bitmime());
+    }
+}
+
+TEST(SmtpClientStartTls, RefusedStaysInClear) {
+    Harness h;
+    want_tls(h);
+    h.hold = false;
+    h.add(simple({"a@remote.test"}));
+    h.server(kGreeting);
+    h.server(kEhloPipelining);
+    h.server("454 4.7.0 TLS not available due to temporary reason\r\n");
+    EXPECT_EQ(h.count(E::starttls_ready), 0u);
+    EXPECT_EQ(h.count(E::ready), 1u);
+    EXPECT_FALSE(h.c->tls_active());
+    EXPECT_TRUE(h.c->offers_pipelining());  // the cleartext EHLO still stands
+    EXPECT_NE(h.sent.find("STARTTLS\r\nMAIL FROM:"), std::string::npos);
+}
+
+TEST(SmtpClientStartTls, NotSentWhenNotWantedOrNotOffered) {
+    {
+        Harness h;  // start() without TLS
+        h.hold = true;
+        h.server(kGreeting);
+        h.server(kEhloPipelining);
+        EXPECT_EQ(h.sent, "EHLO relay.test\r\n");
+        EXPECT_EQ(h.count(E::ready), 1u);
+    }
+    {
+        Harness h;
+        want_tls(h);
+        h.server(kGreeting);
+        h.server(kEhloPlain);
+        EXPECT_EQ(h.sent, "EHLO relay.test\r\n");
+        EXPECT_EQ(h.count(E::ready), 1u);
+        EXPECT_FALSE(h.c->tls_active());
+    }
+}
+
+// STARTTLS is sent once per connection: a server offering it again inside TLS is not
+// answered with a second STARTTLS (and a new start() forgets the TLS state).
+TEST(SmtpClientStartTls, OncePerConnection) {
+    Harness h;
+    want_tls(h);
+    h.server(kGreeting);
+    h.server(kEhloPipelining);
+    h.server("220 go\r\n");
+    h.c->tls_started();
+    h.pump();
+    h.sent.clear();
+    h.server(kEhloPipelining);
+    EXPECT_EQ(h.sent, "");
+    EXPECT_EQ(h.count(E::ready), 1u);
+    EXPECT_TRUE(h.c->tls_active());
+    h.c->start(true);
+    EXPECT_FALSE(h.c->tls_active());
+    EXPECT_FALSE(h.c->awaiting_handshake());
+}
+
+TEST(SmtpClientStartTls, TimeoutOrCloseDuringHandshakeIsAnError) {
+    Harness h;
+    want_tls(h);
+    h.server(kGreeting);
+    h.server(kEhloPipelining);
+    h.server("220 go\r\n");
+    h.c->timeout();
+    h.pump();
+    EXPECT_EQ(h.count(E::protocol_error), 1u);
+    EXPECT_TRUE(h.c->wants_close());
+
+    Harness g;
+    want_tls(g);
+    g.server(kGreeting);
+    g.server(kEhloPipelining);
+    g.c->peer_closed();  // before the 220
+    g.pump();
+    EXPECT_EQ(g.count(E::protocol_error), 1u);
+}
+
 }  // namespace
 }  // namespace ringmail::smtp

@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <barrier>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace ringmail::tls {
@@ -52,6 +54,30 @@ const bool g_allocators_installed =
     wolfSSL_SetAllocators(counting_malloc, counting_free, counting_realloc) == 0;
 
 // --- Fixtures --------------------------------------------------------------------------------
+
+// Reactors build their contexts at the same moment. wolfSSL's first init of the process is not
+// safe against a concurrent one (it crashed in wolfSSL_RAND_seed); TlsContext serialises it.
+// Declared before the fixture (which holds contexts for the whole suite) so that every round
+// starts with no context alive and races the first init again.
+TEST(TlsLibrary, ContextsAreBuiltFromManyThreadsAtOnce) {
+    constexpr int kThreads = 8;
+    constexpr int kRounds = 50;
+    for (int round = 0; round < kRounds; ++round) {
+        std::barrier start(kThreads);
+        std::atomic<int> built{0};
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&] {
+                start.arrive_and_wait();
+                std::string error;
+                if (TlsContext::client({}, &error) != nullptr) built.fetch_add(1);
+            });
+        }
+        for (auto& th : threads)
+            th.join();
+        ASSERT_EQ(built.load(), kThreads) << "round " << round;
+    }
+}
 
 class TlsSessionTest : public ::testing::Test {
   protected:
