@@ -288,6 +288,22 @@ void Engine::handle(const CoreMsg& m) {
         case CoreMsg::Kind::ip_release:
             release_permit(m.permit.ip);
             return;
+        case CoreMsg::Kind::auth_admit: {
+            RM_ASSERT(owner_of(m.auth.ip) == core_);
+            CoreMsg r = m;
+            r.kind = CoreMsg::Kind::auth_admitted;
+            r.from = static_cast<uint16_t>(core_);
+            r.auth.admission = auth_throttle_.admit(m.auth.ip.bytes, now_ms());
+            send_to(m.from, r);
+            return;
+        }
+        case CoreMsg::Kind::auth_admitted:
+            on_auth_admitted(m);
+            return;
+        case CoreMsg::Kind::auth_end:
+            RM_ASSERT(owner_of(m.auth.ip) == core_);
+            auth_end(m.auth.ip, m.auth.end);
+            return;
         case CoreMsg::Kind::job:
             if (delivery_) delivery_->handle_job(m.job);
             return;
@@ -313,8 +329,9 @@ void Engine::handle(const CoreMsg& m) {
 }
 
 // Messages to another core go on its channel; when the channel is full they wait in a local
-// outbox (bounded by our own connection count: at most one acquire or release per
-// connection) and are retried every iteration. One wake per target per iteration.
+// outbox (bounded by the connection counts: a connection of ours has at most one permit
+// message and one AUTH message outstanding, and each answer we owe is for a connection of the
+// target's) and are retried every iteration. One wake per target per iteration.
 void Engine::send_to(uint32_t core, const CoreMsg& m) {
     if (!outbox_[core].empty() || !shared_.mesh->ring(core_, core).try_push(m)) {
         stats_.channel_full++;
@@ -416,6 +433,46 @@ bool Engine::auth_submit(const Connection& c, std::string_view user, std::string
     if (!auth_worker_) return false;
     const uint64_t token = (uint64_t{c.generation()} << 32) | c.slot();
     return auth_worker_->submit(token, user, password);
+}
+
+bool Engine::auth_admit(const Connection& c, tls::AuthAdmission& out) {
+    const uint32_t owner = owner_of(c.ip());
+    if (owner == core_) {
+        out = auth_throttle_.admit(c.ip().bytes, now_ms());
+        return true;
+    }
+    CoreMsg m;
+    m.kind = CoreMsg::Kind::auth_admit;
+    m.from = static_cast<uint16_t>(core_);
+    m.auth = AuthMsg{c.slot(), c.generation(), c.ip(), {}, tls::AuthEnd::abandoned};
+    send_to(owner, m);
+    return false;
+}
+
+void Engine::auth_end(const smtp::IpAddress& ip, tls::AuthEnd end) {
+    const uint32_t owner = owner_of(ip);
+    if (owner == core_) {
+        auth_throttle_.finish(ip.bytes, end, now_ms());
+        return;
+    }
+    CoreMsg m;
+    m.kind = CoreMsg::Kind::auth_end;
+    m.from = static_cast<uint16_t>(core_);
+    m.auth = AuthMsg{0, 0, ip, {}, end};
+    send_to(owner, m);
+}
+
+// The owner's answer. The slot and generation find the connection that asked; if it has
+// gone or stopped waiting (the client hung up, a timeout, a stop), an admitted attempt is
+// handed back, as an unused permit is.
+void Engine::on_auth_admitted(const CoreMsg& m) {
+    RM_ASSERT(m.auth.slot < slots_.size());
+    Connection* c = slots_[m.auth.slot].get();
+    if (c->generation() != m.auth.generation || !c->awaiting_auth_admission()) {
+        if (!m.auth.admission.refused) auth_end(m.auth.ip, tls::AuthEnd::abandoned);
+        return;
+    }
+    c->auth_admitted(m.auth.admission);
 }
 
 // The worker signals its eventfd; a multishot poll on it wakes this core.

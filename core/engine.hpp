@@ -2,9 +2,9 @@
 // queue, timers, and its ends of the core-to-core channels.
 //
 // Runs entirely on its own thread. What it shares with other cores is read-only (Shared) or
-// a bounded SPSC channel. Per-client-address connection counts are owned by one core per
-// address (a hash of the address), asked over the channels, so the limit is exact without a
-// lock.
+// a bounded SPSC channel. Per-client-address connection counts and AUTH failure counts are
+// owned by one core per address (a hash of the address), asked over the channels, so their
+// limits are exact without a lock.
 #pragma once
 
 #include <atomic>
@@ -48,19 +48,44 @@ struct PermitMsg {
     smtp::IpAddress ip;
 };
 
+// An AUTH attempt of a client address, accounted by the core that owns the address
+// (tls::AuthThrottle): auth_admit asks before the credentials are checked and reserves the
+// attempt, auth_admitted answers (refused, or the penalty a failure will get), auth_end settles
+// it one way. One round trip per attempt.
+struct AuthMsg {
+    uint32_t slot;
+    uint32_t generation;
+    smtp::IpAddress ip;
+    tls::AuthAdmission admission;  // auth_admitted
+    tls::AuthEnd end;              // auth_end
+};
+static_assert(sizeof(AuthMsg) <= 48, "a small message: CoreMsg's size is set by its jobs");
+
 // A message between cores. Trivially copyable; travels on SpscRing.
 struct CoreMsg {
-    enum class Kind : uint8_t { ip_acquire, ip_grant, ip_deny, ip_release, job, outcome };
+    enum class Kind : uint8_t {
+        ip_acquire,
+        ip_grant,
+        ip_deny,
+        ip_release,
+        auth_admit,
+        auth_admitted,
+        auth_end,
+        job,
+        outcome,
+    };
     CoreMsg() : permit() {}
     Kind kind = Kind::ip_acquire;
     uint16_t from = 0;
     union {
         PermitMsg permit;
+        AuthMsg auth;
         JobMsg job;          // recipients for a destination this core owns
         OutcomeMsg outcome;  // a recipient's outcome, back to the message's core
     };
 };
 static_assert(std::is_trivially_copyable_v<CoreMsg>);
+static_assert(sizeof(AuthMsg) <= sizeof(JobMsg), "AUTH messages do not grow CoreMsg");
 
 // What every core reads and nobody changes after start (ring_fds is filled before the
 // start barrier).
@@ -117,10 +142,13 @@ class Engine {
     // as Connection::auth_checked(). False: the worker is full (answer 454).
     [[nodiscard]] bool auth_submit(const Connection& c, std::string_view user,
                                    std::string_view password);
-    // Failure bookkeeping per client address, kept by this core for the clients it serves
-    // (see auth_throttle.hpp; SO_REUSEPORT spreads one address over the cores, so the limit
-    // holds per core).
-    [[nodiscard]] tls::AuthThrottle& auth_throttle() { return auth_throttle_; }
+    // AUTH failure accounting per client address (tls::AuthThrottle), kept by the core that
+    // owns the address, whichever core SO_REUSEPORT gave the connection. Before a check:
+    // auth_admit() reserves the attempt; true when this core owns the address (`out` holds
+    // the answer), false when the owner was asked (its answer comes as
+    // Connection::auth_admitted()). After: auth_end() settles an admitted attempt.
+    [[nodiscard]] bool auth_admit(const Connection& c, tls::AuthAdmission& out);
+    void auth_end(const smtp::IpAddress& ip, tls::AuthEnd end);
 
     struct Stats {
         uint64_t accepted = 0;
@@ -139,6 +167,7 @@ class Engine {
     void refuse_busy(int fd);
     void request_permit(Connection* c);
     bool permit_local(const smtp::IpAddress& ip);
+    void on_auth_admitted(const CoreMsg& m);
     void drain_channels();
     void handle(const CoreMsg& m);
     void send_to(uint32_t core, const CoreMsg& m);
@@ -192,7 +221,7 @@ class Engine {
     Stats stats_;
 
     std::unique_ptr<tls::AuthWorker> auth_worker_;
-    tls::AuthThrottle auth_throttle_;
+    tls::AuthThrottle auth_throttle_;  // the addresses this core owns
     IoOp auth_op_{&Engine::on_auth_op, this};
 };
 

@@ -37,6 +37,7 @@ Connection::Connection(Engine& engine, uint32_t slot)
 
 void Connection::open(int fd, const smtp::IpAddress& ip, uint32_t generation, ListenerKind kind) {
     RM_ASSERT(state_ == State::free && inflight_ == 0 && npending_ == 0 && tls_ == nullptr);
+    RM_ASSERT(!auth_admitting_ && !auth_reserved_);  // on_close ended the last client's AUTH
     fd_ = fd;
     kind_ = kind;
     clear_out_ = 0;
@@ -243,9 +244,10 @@ void Connection::pump() {
     Reactor& r = engine_.reactor();
     feed_session();
     if (state_ != State::active) return;
-    if (session_.wants_auth_check()) {
+    if (session_.wants_auth_check() && !auth_admitting_) {
         start_auth_check();
-        if (!auth_in_flight_) feed_session();  // answered at once: the next commands may run
+        // Answered at once: the next commands may run.
+        if (!auth_in_flight_ && !auth_admitting_) feed_session();
         if (state_ != State::active) return;
     }
     if (session_.wants_close()) drop_pending();
@@ -397,22 +399,53 @@ void Connection::tls_ended(tls::TlsStatus status) {
 
 // --- AUTH --------------------------------------------------------------------------------
 
+// The owner core of the client address admits the attempt before anything is checked; it
+// answers at once when that is this core.
 void Connection::start_auth_check() {
-    const uint64_t now = engine_.now_ms();
-    if (engine_.auth_throttle().blocked(ip_.bytes, now)) {
+    tls::AuthAdmission a;
+    if (!engine_.auth_admit(*this, a)) {
+        auth_admitting_ = true;  // auth_admitted() follows
+        return;
+    }
+    check_credentials(a);
+}
+
+void Connection::auth_admitted(const tls::AuthAdmission& a) {
+    RM_ASSERT(auth_admitting_);
+    auth_admitting_ = false;
+    if (state_ != State::active || !session_.wants_auth_check()) {
+        // The session ended meanwhile (a timeout or a stop): nothing is checked.
+        if (!a.refused) engine_.auth_end(ip_, tls::AuthEnd::abandoned);
+        return;
+    }
+    check_credentials(a);
+    if (!auth_in_flight_) pump();
+}
+
+void Connection::check_credentials(const tls::AuthAdmission& a) {
+    if (a.refused) {
         session_.auth_check_started();
         session_.auth_result(smtp::AuthOutcome::too_many);
         LOG_INFO("AUTH from %s refused: too many failures", addr_text_);
         return;
     }
+    auth_reserved_ = true;
+    auth_penalty_ = a.on_failure;
     const bool submitted =
         engine_.auth_submit(*this, session_.auth_username(), session_.auth_password());
     session_.auth_check_started();  // wipes the session's copy of the password
     if (!submitted) {
+        auth_settle(tls::AuthEnd::abandoned);
         session_.auth_result(smtp::AuthOutcome::temporary);
         return;
     }
     auth_in_flight_ = true;
+}
+
+void Connection::auth_settle(tls::AuthEnd end) {
+    RM_ASSERT(auth_reserved_);
+    auth_reserved_ = false;
+    engine_.auth_end(ip_, end);
 }
 
 void Connection::auth_checked(bool ok) {
@@ -421,12 +454,13 @@ void Connection::auth_checked(bool ok) {
         return;  // the client has gone: nothing to answer
     }
     auth_in_flight_ = false;
+    auth_settle(ok ? tls::AuthEnd::succeeded : tls::AuthEnd::failed);
     if (ok) {
         session_.auth_result(smtp::AuthOutcome::ok);
         pump();
         return;
     }
-    const tls::AuthPenalty p = engine_.auth_throttle().failed(ip_.bytes, engine_.now_ms());
+    const tls::AuthPenalty p = auth_penalty_;
     LOG_INFO("AUTH from %s failed%s", addr_text_, p.disconnect ? "; disconnecting" : "");
     if (p.disconnect || p.delay_ms == 0) {
         session_.auth_result(p.disconnect ? smtp::AuthOutcome::too_many
@@ -565,6 +599,8 @@ void Connection::on_close(void* self, int, uint32_t) {
     c->tls_.reset();  // its ~35 KiB go back as soon as the connection does
     c->auth_in_flight_ = false;
     c->auth_hold_until_ms_ = 0;
+    c->auth_admitting_ = false;  // a late answer finds the connection gone (Engine)
+    if (c->auth_reserved_) c->auth_settle(tls::AuthEnd::abandoned);  // no answer reached it
     if (c->holds_permit_) {
         c->holds_permit_ = false;
         c->engine_.release_permit(c->ip_);

@@ -13,8 +13,10 @@
 // plaintext it yields to the session; replies are encrypted into the TlsSession's output and
 // sent from there. wolfSSL is never called while a send from its output buffer is in flight
 // (it may compact that buffer). Bytes received in clear after STARTTLS are dropped.
-// AUTH: credentials go to the core's AuthWorker; a failure's 535 is held back for the delay
-// the core's AuthThrottle gives the client address.
+// AUTH: the core that owns the client address admits each attempt first (at once, or over
+// the channels: Engine::auth_admit) and tells the penalty a failure will get; then the
+// credentials go to this core's AuthWorker, the outcome settles the attempt with the owner,
+// and a failure's 535 is held back for the delay it was given.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +27,7 @@
 #include "core/config.hpp"
 #include "core/reactor.hpp"
 #include "net/smtp_server.hpp"
+#include "tls/auth_throttle.hpp"
 #include "tls/tls_session.hpp"
 
 namespace ringmail {
@@ -47,6 +50,8 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     void shutdown();
     // Re-arm a recv that stopped for lack of buffers.
     void resume_recv();
+    // The owner core of the client address answered Engine::auth_admit.
+    void auth_admitted(const tls::AuthAdmission& a);
     // The AUTH check submitted for this connection (Engine::auth_submit) is done.
     void auth_checked(bool ok);
 
@@ -55,6 +60,7 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     [[nodiscard]] uint32_t generation() const { return generation_; }
     [[nodiscard]] const smtp::IpAddress& ip() const { return ip_; }
     [[nodiscard]] bool holds_permit() const { return holds_permit_; }
+    [[nodiscard]] bool awaiting_auth_admission() const { return auth_admitting_; }
     uint32_t list_index = 0;  // position in the engine's list of open connections
 
   private:
@@ -82,6 +88,8 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
         return tls_ != nullptr && !tls_->session.handshake_done();
     }
     void start_auth_check();
+    void check_credentials(const tls::AuthAdmission& a);
+    void auth_settle(tls::AuthEnd end);
     void flush_output();
     void flush_tls();
     void submit_send(std::string_view bytes);
@@ -141,7 +149,10 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     ListenerKind kind_ = ListenerKind::plain;
     std::unique_ptr<TlsLink> tls_;     // from STARTTLS / accept on smtps until close
     uint32_t clear_out_ = 0;           // session output to send in clear first (STARTTLS's 220)
+    bool auth_admitting_ = false;      // waiting for the owner core's Engine::auth_admit answer
+    bool auth_reserved_ = false;       // an admitted attempt the owner has not seen settled
     bool auth_in_flight_ = false;      // credentials are with the AuthWorker
+    tls::AuthPenalty auth_penalty_;    // what a failure of the admitted attempt gets
     uint64_t auth_hold_until_ms_ = 0;  // a failed AUTH's 535 waits until then (0: none)
 
     IoOp recv_op_{&Connection::on_recv, this};

@@ -9,7 +9,8 @@ STARTTLS are never answered; a second STARTTLS gets 503; TLS 1.0/1.1 clients are
 a protocol_version alert; 10,000 clients that hang up mid-handshake leave no descriptor and no
 memory behind; an untrusted client cannot relay without AUTH and can with it; repeated AUTH
 failures from one address are answered more and more slowly and then with 421, while another
-address still authenticates at once; TLS 1.2 sessions are resumed.
+address still authenticates at once, and they are counted once however SO_REUSEPORT spreads
+the address's connections over the cores; TLS 1.2 sessions are resumed.
 
 Certificates (EC P-256) and the users file ($6$ via `openssl passwd`, $y$ via libxcrypt's
 crypt_gensalt) are made at test time. Nothing sleeps to synchronise: waits poll a condition
@@ -321,8 +322,8 @@ def timed_auth(s, user, password):
 
 def test_auth_failures_are_delayed_more_and_more_then_421(tls_factory):
     delay_s = 0.4
-    # One thread: every connection of this address meets the same bookkeeping (it is kept per
-    # core, see tls/auth_throttle.hpp).
+    # One thread: the measured delays hold no cross-core round trip (the accounting over
+    # several cores is pinned by test_auth_failures_are_counted_once_over_all_cores).
     t = tls_factory("--threads", "1", "--auth-failure-delay-ms", str(int(delay_s * 1000)),
                     "--auth-failures-max", "3")
     with smtplib.SMTP("127.0.0.1", t.submission_port, timeout=IO_TIMEOUT_S) as s:
@@ -350,6 +351,58 @@ def test_auth_failures_are_delayed_more_and_more_then_421(tls_factory):
         code, resp, elapsed = timed_auth(s, "alice", USERS["alice"])
         assert code == 235, (code, resp)
         assert elapsed < delay_s, elapsed
+
+
+# "coreN debug: TLS with 127.0.0.1: ..." — the core that finished a handshake with this address.
+TLS_CORE_RE = re.compile(r" core(\d+) debug: TLS with 127\.0\.0\.1: ")
+
+
+def starttls_client(port, source=None):
+    s = smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT_S,
+                     source_address=(source, 0) if source else None)
+    s.starttls(context=client_context())
+    s.ehlo()  # answered after the server finished (and logged) the handshake
+    return s
+
+
+def test_auth_failures_are_counted_once_over_all_cores(tls_factory):
+    # SO_REUSEPORT spreads one address's connections over the cores by their 4-tuple; the
+    # address's failures are still counted in one place, by the core that owns the address.
+    t = tls_factory("--threads", "2", "--log-level", "debug", "--auth-failure-delay-ms", "1",
+                    "--auth-failures-max", "4")
+    by_core = {0: [], 1: []}  # open connections from 127.0.0.1, by the core serving them
+    opened = []
+    try:
+        # Connections open one at a time, so the newest handshake line of the log is the
+        # newest connection's. Three on each core; 40 tries all landing on one core would take
+        # a 1 in 2^39 hash.
+        for _ in range(40):
+            opened.append(starttls_client(t.submission_port))
+            cores = TLS_CORE_RE.findall(t.d.log_text())
+            assert len(cores) == len(opened), cores
+            by_core[int(cores[-1])].append(opened[-1])
+            if min(len(c) for c in by_core.values()) >= 3:
+                break
+        assert min(len(c) for c in by_core.values()) >= 3, {k: len(v) for k, v in by_core.items()}
+        # Failures alternate between the cores: each core sees two, the owner counts four.
+        attempts = [by_core[0][0], by_core[1][0], by_core[0][1], by_core[1][1]]
+        replies = [timed_auth(s, "alice", f"wrong-{i}")[:2] for i, s in enumerate(attempts)]
+        assert [code for code, _ in replies] == [535, 535, 535, 421], replies
+        assert replies[3][1].startswith(b"4.7.0"), replies
+        # From now on the address is refused without a check, on either core, even with the
+        # right password, on connections open before and after the 421.
+        later = [by_core[0][2], by_core[1][2], starttls_client(t.submission_port)]
+        opened.append(later[2])
+        for s in later:
+            code, resp, _ = timed_auth(s, "alice", USERS["alice"])
+            assert code == 421 and resp.startswith(b"4.7.0"), (code, resp)
+    finally:
+        for s in opened:
+            s.close()
+    # Another address is unaffected.
+    with starttls_client(t.submission_port, source="127.0.0.2") as s:
+        code, resp, _ = timed_auth(s, "alice", USERS["alice"])
+        assert code == 235, (code, resp)
 
 
 # --- resources ---------------------------------------------------------------------------
