@@ -87,6 +87,11 @@ int parse_config(int argc, char** argv, Config& c) {
     app.add_option("--commit-window-us", c.commit_window_us,
                    "extra wait to grow a commit batch (0: commit as soon as the disk is free)")
         ->capture_default_str();
+    app.add_option("--commit-depth", c.commit_depth,
+                   "group commits (write + fdatasync) in flight per thread; a new batch starts "
+                   "while earlier ones sync, answers stay in order")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, limits::commit_depth_max));
     app.add_option("--ring-entries", c.ring_entries, "io_uring submission entries per thread")
         ->capture_default_str()
         ->check(CLI::Range(64u, 32768u));

@@ -39,6 +39,7 @@ struct Config {
     uint32_t timeout_data_ms = limits::timeout_data_ms_default;
     uint32_t greet_delay_ms = limits::greet_delay_ms_default;
     uint32_t commit_window_us = limits::commit_window_us_default;
+    uint32_t commit_depth = limits::commit_depth_default;
 
     uint32_t ring_entries = limits::ring_entries_default;
     uint32_t recv_buffer_bytes = limits::recv_buffer_bytes_default;

@@ -639,10 +639,10 @@ void Delivery::finish_message(sched::MessageRef m) {
     Held& h = held_[m.index];
     if (h.tracked) {
         // Its segment may go once the statuses that made it final are durable: they ride in
-        // the next batch to start (after the one in flight, if any).
+        // the next batch to start (after those in flight, answered in order).
         const Committer& c = engine_.committer();
-        finals_.push_back(FinalPending{h.segdir, h.slot, h.id,
-                                       c.stats().commits + (c.batch_inflight() ? 2u : 1u)});
+        finals_.push_back(
+            FinalPending{h.segdir, h.slot, h.id, c.stats().commits + c.batches_inflight() + 1u});
         h.tracked = false;
     }
     for (uint32_t dom : h.domains)

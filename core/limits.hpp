@@ -28,6 +28,8 @@ inline constexpr uint32_t timeout_command_ms_default = 300'000;  // §4.5.3.2.7 
 inline constexpr uint32_t timeout_data_ms_default = 180'000;     // §4.5.3.2.6 data block
 inline constexpr uint32_t greet_delay_ms_default = 1000;         // untrusted clients only
 inline constexpr uint32_t commit_window_us_default = 0;          // extra wait to grow a batch
+inline constexpr uint32_t commit_depth_default = 2;              // group commits in flight per core
+inline constexpr uint32_t commit_depth_max = 8;
 
 // --- Engine ----------------------------------------------------------------------------------
 inline constexpr uint32_t ring_entries_default = 4096;

@@ -1,7 +1,11 @@
 // core_commit_test.cpp — group commit through a real io_uring on a real file system:
 // one write + one fdatasync per batch, results only after the fdatasync, records readable by
 // recovery, and a full disk answered with no_space (then accepted again once space is back).
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,9 +29,11 @@ namespace fs = std::filesystem;
 struct Waiter final : CommitWaiter {
     bool done = false;
     smtp::CommitResult result = smtp::CommitResult::failed;
+    std::vector<Waiter*>* answered = nullptr;  // the order of the answers, when set
     void commit_finished(smtp::CommitResult r) override {
         done = true;
         result = r;
+        if (answered) answered->push_back(this);
     }
 };
 
@@ -38,10 +44,11 @@ struct Fixture {
     Queue queue;
     std::unique_ptr<Committer> committer;
 
-    explicit Fixture(const fs::path& spool, uint64_t segment_bytes = 4 << 20) {
+    explicit Fixture(const fs::path& spool, uint64_t segment_bytes = 4 << 20, uint32_t depth = 1) {
         dir = spool;
         cfg.spool_dir = spool.string();
         cfg.segment_bytes = segment_bytes;
+        cfg.commit_depth = depth;
         cfg.staging_memory_max_bytes = 64 << 20;
         std::string err;
         EXPECT_TRUE(reactor.init(256, 4096, 64, &err)) << err;
@@ -162,6 +169,128 @@ TEST(GroupCommit, RotatesSegmentsWhenFull) {
             EXPECT_EQ(w.result, smtp::CommitResult::ok);
         EXPECT_GE(f.committer->stats().segments, 3u);
         EXPECT_EQ(f.recovered().size(), 12u);
+    }
+    fs::remove_all(d);
+}
+
+// Bytes of the file's extents that are written (not "unwritten" preallocation), by FIEMAP.
+// -1 when the file system cannot tell.
+int64_t written_extent_bytes(const fs::path& file) {
+    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    constexpr unsigned kMax = 512;
+    std::vector<char> buf(sizeof(fiemap) + kMax * sizeof(fiemap_extent));
+    auto* fm = reinterpret_cast<fiemap*>(buf.data());
+    fm->fm_start = 0;
+    fm->fm_length = FIEMAP_MAX_OFFSET;
+    fm->fm_flags = FIEMAP_FLAG_SYNC;
+    fm->fm_extent_count = kMax;
+    int rc = ioctl(fd, FS_IOC_FIEMAP, fm);
+    ::close(fd);
+    if (rc != 0) return -1;
+    int64_t written = 0;
+    for (unsigned i = 0; i < fm->fm_mapped_extents; i++)
+        if (!(fm->fm_extents[i].fe_flags & FIEMAP_EXTENT_UNWRITTEN))
+            written += static_cast<int64_t>(fm->fm_extents[i].fe_length);
+    return written;
+}
+
+// Segments are zero-filled before use (an fdatasync over unwritten extents costs a journal
+// commit each time): the first at once, the next ones a chunk at a time while the current
+// segment takes commits. Either way every byte of a ready segment is written.
+TEST(GroupCommit, PreparedSegmentsAreWrittenThrough) {
+    fs::path d = temp_dir();
+    {
+        constexpr uint64_t kSeg = 4 << 20;
+        Fixture f(d, kSeg);
+        Waiter a;
+        ASSERT_TRUE(f.stage(a, "a\r\n"));
+        f.committer->submit(&a);
+        ASSERT_TRUE(f.run_until([&] { return a.done; }));
+        ASSERT_EQ(a.result, smtp::CommitResult::ok);
+        // Segment 2 is prepared while segment 1 is current: the paced fill.
+        ASSERT_TRUE(f.run_until([&] { return f.committer->stats().segments >= 2; }));
+        std::string dir = spool::core_dir_path(f.cfg.spool_dir, 0);
+        for (uint64_t seq : {1, 2}) {
+            fs::path seg = fs::path(dir) / spool::segment_file_name(seq);
+            EXPECT_EQ(fs::file_size(seg), kSeg);
+            int64_t written = written_extent_bytes(seg);
+            ASSERT_GE(written, 0) << "FIEMAP unsupported on the file system of " << d;
+            EXPECT_EQ(written, static_cast<int64_t>(kSeg)) << seg << " has unwritten extents";
+        }
+    }
+    fs::remove_all(d);
+}
+
+// With --commit-depth 2 a second batch is written and synced while the first is in flight;
+// the answers still come in batch order, and both are durable.
+TEST(GroupCommit, OverlappingBatchesAnswerInOrder) {
+    fs::path d = temp_dir();
+    {
+        Fixture f(d, 4 << 20, 2);
+        Waiter first, a, b;
+        ASSERT_TRUE(f.stage(first, "first\r\n"));
+        f.committer->submit(&first);
+        ASSERT_TRUE(f.run_until([&] { return first.done; }));  // the segment is ready
+        std::vector<Waiter*> answered;
+        a.answered = b.answered = &answered;
+        ASSERT_TRUE(f.stage(a, "a\r\n"));
+        f.committer->submit(&a);
+        f.committer->flush(1);
+        ASSERT_EQ(f.committer->batches_inflight(), 1u);
+        ASSERT_TRUE(f.stage(b, "b\r\n"));
+        f.committer->submit(&b);
+        f.committer->flush(2);
+        EXPECT_EQ(f.committer->batches_inflight(), 2u) << "the second batch waited for the first";
+        EXPECT_FALSE(a.done || b.done);
+        ASSERT_TRUE(f.run_until([&] { return a.done && b.done; }));
+        EXPECT_EQ(a.result, smtp::CommitResult::ok);
+        EXPECT_EQ(b.result, smtp::CommitResult::ok);
+        ASSERT_EQ(answered.size(), 2u);
+        EXPECT_EQ(answered[0], &a);
+        EXPECT_EQ(answered[1], &b);
+        EXPECT_EQ(f.committer->stats().commits, 3u);
+        ASSERT_TRUE(f.run_until([&] { return f.committer->quiescent(); }));
+        auto rec = f.recovered();
+        ASSERT_EQ(rec.size(), 3u);
+        auto it = rec.begin();
+        EXPECT_EQ((it++)->second, "first\r\n");
+        EXPECT_EQ((it++)->second, "a\r\n");
+        EXPECT_EQ(it->second, "b\r\n");
+    }
+    fs::remove_all(d);
+}
+
+// A batch that fails fails the batch written after it, although that one's own write and
+// fdatasync succeeded (recovery would stop at the failed one's hole), then fences the segment:
+// the next message goes to a new segment and is accepted.
+TEST(GroupCommit, AFailedBatchFailsTheBatchesAfterIt) {
+    fs::path d = temp_dir();
+    {
+        Fixture f(d, 4 << 20, 2);
+        Waiter first, a, b, c;
+        ASSERT_TRUE(f.stage(first, "first\r\n"));
+        f.committer->submit(&first);
+        ASSERT_TRUE(f.run_until([&] { return first.done; }));
+        const uint64_t seg = f.committer->current_segment_seq();
+        f.committer->inject_batch_failure(2);  // the batch of a
+        ASSERT_TRUE(f.stage(a, "a\r\n"));
+        f.committer->submit(&a);
+        f.committer->flush(1);
+        ASSERT_TRUE(f.stage(b, "b\r\n"));
+        f.committer->submit(&b);
+        f.committer->flush(2);
+        ASSERT_EQ(f.committer->batches_inflight(), 2u);
+        ASSERT_TRUE(f.run_until([&] { return a.done && b.done; }));
+        EXPECT_EQ(a.result, smtp::CommitResult::failed);
+        EXPECT_EQ(b.result, smtp::CommitResult::failed) << "answered 250 behind a failed batch";
+        EXPECT_EQ(f.committer->stats().failed, 2u);
+        ASSERT_TRUE(f.stage(c, "c\r\n"));
+        f.committer->submit(&c);
+        ASSERT_TRUE(f.run_until([&] { return c.done; }));
+        EXPECT_EQ(c.result, smtp::CommitResult::ok);
+        EXPECT_GT(f.committer->current_segment_seq(), seg) << "the failed segment was not fenced";
+        ASSERT_FALSE(f.queue.size() == 0);
     }
     fs::remove_all(d);
 }
