@@ -93,6 +93,14 @@ void library_release() {
         *error = "cannot set the cipher list";
         return false;
     }
+    // Key exchange groups, preferred first: X25519 is what most peers (OpenSSL) offer first and
+    // the cheapest here; a client sends its key share for the first. P-256 and P-384 for the
+    // rest.
+    int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1, WOLFSSL_ECC_SECP384R1};
+    if (wolfSSL_CTX_set_groups(ctx, groups, 3) != WOLFSSL_SUCCESS) {
+        *error = "cannot set the key exchange groups";
+        return false;
+    }
     return true;
 }
 
@@ -386,6 +394,12 @@ std::string_view TlsSession::cipher() const noexcept {
     const char* c = wolfSSL_get_cipher_name_iana_from_suite(static_cast<unsigned char>(suite >> 8),
                                                             static_cast<unsigned char>(suite));
     return c != nullptr ? std::string_view(c) : std::string_view();
+}
+
+std::string_view TlsSession::group() const noexcept {
+    if (ssl_ == nullptr) return {};
+    const char* g = wolfSSL_get_curve_name(ssl_);
+    return g != nullptr ? std::string_view(g) : std::string_view();
 }
 
 int TlsSession::cipher_bits() const noexcept {

@@ -149,6 +149,8 @@ class TlsSession {
     [[nodiscard]] std::string_view version() const noexcept;
     [[nodiscard]] std::string_view cipher() const noexcept;
     [[nodiscard]] int cipher_bits() const noexcept;
+    // The key exchange group, e.g. "X25519", "SECP256R1"; empty if none (or not yet known).
+    [[nodiscard]] std::string_view group() const noexcept;
     [[nodiscard]] bool resumed() const noexcept;
     // Client role: what to pass to the next session to the same peer (empty if none yet; with
     // TLS 1.3 the ticket arrives after the handshake, with the first data read).
