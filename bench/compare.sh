@@ -25,6 +25,8 @@
 #   -q: quick: 1 repetition, 2 s, a few rows, fewer idle connections (for development)
 #   -n: no Postfix (ceiling and ringmail only; Postfix is neither installed nor touched)
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/lib.sh"
 
 REPS=3
 DURATION=3
@@ -32,8 +34,6 @@ QUICK=0
 WITH_POSTFIX=1
 RINGMAIL=build/ringmail
 BENCH=build/bench/ringmail-bench
-PF_PORT=25
-RM_PORT=${RM_PORT:-2525}
 # ringmail's mail-loop check treats every address it listens on as itself, whatever the port: the
 # sink listens on 127.0.0.2 (still loopback) so that ringmail may relay to it.
 SINK_HOST=127.0.0.2
@@ -66,57 +66,21 @@ if [ "$QUICK" = 1 ]; then
 fi
 COMMAND="bench/compare.sh $*"
 
-die() { echo "compare.sh: $*" >&2; exit 1; }
-[ "$WITH_POSTFIX" = 0 ] || [ "$(id -u)" = 0 ] || die "run as root (it configures Postfix)"
-[ -x "$RINGMAIL" ] || die "no ringmail binary at $RINGMAIL (use -b PATH)"
-[ -x "$BENCH" ] || die "no ringmail-bench binary at $BENCH (use -B PATH)"
-RINGMAIL=$(realpath "$RINGMAIL")
-BENCH=$(realpath "$BENCH")
-# Two benchmarks at once would measure each other (and fight over Postfix).
-others=""
-for p in $(pgrep -f '^[^ ]*bash [^ ]*bench/(ingest|relay|compare)\.sh( |$)' || true); do
-    # This script's own subshells carry its command line too (and may be gone by now).
-    [ "$p" = $$ ] || [ ! -e "/proc/$p" ] && continue
-    [ "$(ps -o ppid= -p "$p" | tr -d ' ')" = $$ ] || others+=" $p"
-done
-[ -z "$others" ] || die "another benchmark script is running (pids:$others)"
+preflight ringmail ringmail-bench
 
 WORK=$(mktemp -d /tmp/ringmail-compare.XXXXXX)
-SINK_PID=""
 SRC_PID=""
-RM_PID=""
-PF_WAS_RUNNING=0
 
-# --- Postfix (functions as in ingest.sh / relay.sh) ------------------------------------------
-install_postfix() {
-    command -v postconf >/dev/null && return 0
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
-}
-
-# Limits raised as a performance-minded admin would, nothing that trades durability away
-# (Postfix fsyncs each queue file before its 250). default_process_limit: Postfix forks one
-# smtpd per session, so 1000 sessions need 1000 processes. 20 connections to the next hop, as
-# ringmail's default --max-connections-per-destination.
-configure_postfix() {
-    [ -f /etc/postfix/main.cf ] || cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf
-    cp /etc/postfix/main.cf "$WORK/main.cf.orig"
-    cp /etc/postfix/master.cf "$WORK/master.cf.orig"
-    postconf -e \
-        "compatibility_level = 3.6" \
-        "inet_interfaces = loopback-only" \
-        "inet_protocols = ipv4" \
-        "myhostname = bench.local" \
-        "mydestination =" \
-        "mynetworks = 127.0.0.0/8" \
-        "smtpd_recipient_restrictions = permit_mynetworks,reject" \
-        "relayhost = [$SINK_HOST]:$SINK_PORT" \
-        "default_destination_concurrency_limit = 20" \
-        "smtp_destination_concurrency_limit = 20" \
-        "default_process_limit = $((PF_IDLE > 1000 ? PF_IDLE + 100 : 1100))" \
-        "smtpd_client_connection_count_limit = 0" \
-        "smtpd_client_connection_rate_limit = 0"
-}
+# --- Postfix (the rest in lib.sh) ------------------------------------------------------------
+# Settings for take_postfix: 20 connections to the next hop, as ringmail's default
+# --max-connections-per-destination; default_process_limit: Postfix forks one smtpd per session,
+# so 1000 sessions need 1000 processes.
+postfix_settings=(
+    "relayhost = [$SINK_HOST]:$SINK_PORT"
+    "default_destination_concurrency_limit = 20"
+    "smtp_destination_concurrency_limit = 20"
+    "default_process_limit = $((PF_IDLE > 1000 ? PF_IDLE + 100 : 1100))"
+)
 
 # Ingest runs hold every message (no delivery: durable ingest only); relay runs release them.
 postfix_hold() {
@@ -128,54 +92,7 @@ postfix_hold() {
     postfix reload >/dev/null 2>&1
 }
 
-postfix_running() { postfix status >/dev/null 2>&1; }
-
-start_postfix() {
-    postfix start >/dev/null 2>&1 || true
-    wait_port 127.0.0.1 "$PF_PORT" || die "postfix is not listening on 127.0.0.1:$PF_PORT"
-}
-
-stop_postfix() {
-    postfix_running || return 0
-    local pid
-    pid=$(tr -dc 0-9 </var/spool/postfix/pid/master.pid)
-    postfix stop >/dev/null 2>&1 || true
-    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
-}
-
-purge_postfix() { postsuper -d ALL >/dev/null 2>&1 || true; }
-
 # --- helpers ---------------------------------------------------------------------------------
-# Wait until something answers 220 on HOST:PORT (bounded: 20 s).
-wait_port() {
-    local host=$1 port=$2
-    for _ in $(seq 200); do
-        if timeout 1 bash -c "exec 3<>/dev/tcp/$host/$port && head -c 3 <&3" 2>/dev/null |
-            grep -q 220; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
-# Nothing may listen on PORT: ringmail's listeners use SO_REUSEPORT, so a stale one would take
-# part of the load silently.
-port_free() { [ -z "$(ss -Hltn "( sport = :$1 )")" ]; }
-
-# Parenthesised: awk would read a bare ">" in print as a redirection to a file.
-calc() { awk "BEGIN { print ($1) }"; }
-
-median() { sort -g | awk '{v[NR] = $1} END {
-    if (NR == 0) { print "n/a"; exit }
-    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-past_deadline() { ((${EPOCHREALTIME%.*} - ${1%.*} > DEADLINE_S)); }
-
-# A number from a ringmail-bench JSON report: top-level KEY, or KEY inside object OBJ.
-jnum() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
-jnum_in() { sed -n "s/.*\"$2\":{[^}]*\"$3\":\([0-9.]*\).*/\1/p" "$1"; }
-
 # Proportional set size (KiB) of the processes PIDS_CMD lists, summed: shared pages counted once over all sharers, so
 # Postfix's many smtpd processes are charged only what each adds.
 pss_kib() {
@@ -188,32 +105,10 @@ pss_kib() {
     echo "$total"
 }
 
-# Stop PID with SIGTERM (SIGKILL after DEADLINE_S); its exit status.
-stop_process() {
-    local pid=$1 t0=$EPOCHREALTIME rc=0
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do
-        if past_deadline "$t0"; then kill -KILL "$pid" 2>/dev/null || true; break; fi
-        sleep 0.05
-    done
-    wait "$pid" 2>/dev/null || rc=$?
-    return "$rc"
-}
-
 cleanup() {
     set +e
     [ -n "$SRC_PID" ] && kill -KILL "$SRC_PID" 2>/dev/null
-    [ -n "$RM_PID" ] && kill -KILL "$RM_PID" 2>/dev/null
-    [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
-    if [ -f "$WORK/main.cf.orig" ]; then
-        purge_postfix
-        stop_postfix
-        purge_postfix
-        cp "$WORK/main.cf.orig" /etc/postfix/main.cf
-        cp "$WORK/master.cf.orig" /etc/postfix/master.cf
-        [ "$PF_WAS_RUNNING" = 1 ] && postfix start >/dev/null 2>&1
-    fi
-    rm -rf "$WORK"
+    bench_cleanup
 }
 trap cleanup EXIT
 
@@ -240,40 +135,7 @@ wait_sink() {
     done
 }
 
-# --- ringmail --------------------------------------------------------------------------------
-start_ringmail() {
-    local log=$1
-    shift
-    port_free "$RM_PORT" || die "something already listens on port $RM_PORT (RM_PORT=...)"
-    rm -rf "$WORK/spool"
-    "$RINGMAIL" --listen "127.0.0.1:$RM_PORT" --spool-dir "$WORK/spool" "$@" 2>"$log" &
-    RM_PID=$!
-    wait_port 127.0.0.1 "$RM_PORT" || die "ringmail is not ready on 127.0.0.1:$RM_PORT"
-}
-
-stop_ringmail() {
-    local rc=0
-    stop_process "$RM_PID" || rc=$?
-    RM_PID=""
-    [ "$rc" = 0 ] || echo "warning: ringmail exited $rc" >&2
-    rm -rf "$WORK/spool"
-}
-
-# --- one load --------------------------------------------------------------------------------
-# source PORT_OR_HOSTPORT OUT.json SIZE PIPELINING SESSIONS [extra flags...]: DURATION seconds
-# of load; bounded by SRC_TIMEOUT (default DEADLINE_S): SIGINT makes the source stop starting
-# messages, finish what is in flight and report.
-source_run() {
-    local target=$1 out=$2 size=$3 pl=$4 sessions=$5
-    shift 5
-    local ips=()
-    [ "$sessions" -gt 100 ] && ips=(--source-ip "$SOURCE_IPS")
-    timeout -s INT "${SRC_TIMEOUT:-$DEADLINE_S}" "$BENCH" source "$target" --duration "$DURATION" \
-        --size "$size" --pipelining "$pl" --sessions "$sessions" "${ips[@]}" --json \
-        --no-progress "$@" >"$out" 2>>"$WORK/source.log" || true
-    [ -s "$out" ] || die "ringmail-bench source into $target gave no report"
-}
-
+# --- one load (source_run in lib.sh) ---------------------------------------------------------
 # Durable ingest (or ceiling): msg/s that got their 250.
 ingest_rate() {
     local target=$1 size=$2 pl=$3 sessions=$4 out=$WORK/src.json
@@ -294,17 +156,6 @@ relay_rate() {
     t1=$EPOCHREALTIME
     note_failures "$out" "$target"
     calc "$accepted / ($t1 - $t0)"
-}
-
-# Refusals are results, but they must be seen: a server that refuses fast is not fast.
-note_failures() {
-    local f a c
-    f=$(jnum "$1" messages_failed)
-    a=$(jnum "$1" messages_aborted)
-    c=$(jnum "$1" connect_errors)
-    if [ "$f$a$c" != 000 ]; then
-        echo "  note ($2): $f failed, $a aborted, $c connect errors" >&2
-    fi
 }
 
 # --- throughput rows -------------------------------------------------------------------------
@@ -370,9 +221,13 @@ latency_row() {
     local SRC_TIMEOUT
     SRC_TIMEOUT=$(calc "int(2 * $DURATION + 2)")
     for rep in $(seq "$REPS"); do
-        for sys in postfix ringmail; do
+        for sys in sink postfix ringmail; do
             [ "$sys" = postfix ] && [ "$WITH_POSTFIX" = 0 ] && continue
-            if [ "$sys" = postfix ]; then
+            if [ "$sys" = sink ]; then
+                # The floor: the same schedule answered at once, with the load generator's
+                # own share of the two CPUs in it.
+                source_run "$SINK_HOST:$SINK_PORT" "$out" 1k on "$sessions" --rate "$rate"
+            elif [ "$sys" = postfix ]; then
                 purge_postfix
                 source_run "127.0.0.1:$PF_PORT" "$out" 1k on "$sessions" --rate "$rate"
                 purge_postfix
@@ -441,12 +296,7 @@ postfix_pids() {
 # --- the run ---------------------------------------------------------------------------------
 START=$EPOCHREALTIME
 if [ "$WITH_POSTFIX" = 1 ]; then
-    install_postfix
-    postfix_running && PF_WAS_RUNNING=1
-    configure_postfix
-    stop_postfix
-    purge_postfix
-    port_free "$PF_PORT" || die "something other than Postfix listens on port $PF_PORT"
+    take_postfix "${postfix_settings[@]}"
 fi
 start_sink
 if [ "$WITH_POSTFIX" = 1 ]; then
@@ -498,14 +348,6 @@ for row in "${rows[@]}"; do
 done
 
 # --- the tables ------------------------------------------------------------------------------
-# shellcheck disable=SC2059  # the format is ours
-fmt() { [ "$1" = n/a ] || [ -z "$1" ] && echo n/a || printf "$2" "$1"; }
-ratio() {
-    if [ "$1" = n/a ] || [ "$2" = n/a ] || [ "$(calc "$2 == 0")" = 1 ]; then echo n/a; else
-        calc "$1 / $2"
-    fi
-}
-med() { [ -f "$1" ] && median <"$1" || echo n/a; }
 size_name() { case $1 in 1k) echo "1 KiB" ;; 100k) echo "100 KiB" ;; *) echo "$1" ;; esac; }
 
 elapsed=$(calc "int(($EPOCHREALTIME - $START) / 60 + 0.5)")
@@ -530,19 +372,21 @@ for row in "${rows[@]}"; do
 done
 echo
 echo "Open loop (1 KiB, pipelining) at a fraction of ringmail's peak with as many sessions;" \
-    "p99 in ms: eom = end-of-data -> 250, txn = from the due time"
+    "p99 in ms: eom = end-of-data -> 250, txn = from the due time; the sink (answers at once," \
+    "stores nothing) is the floor the load generator measures on this machine"
 echo
-echo "| load | Postfix p99 eom | ringmail p99 eom | ringmail / Postfix | Postfix p99 txn" \
-    "| ringmail p99 txn | Postfix msg/s | ringmail msg/s |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| load | sink p99 eom | Postfix p99 eom | ringmail p99 eom | ringmail / Postfix" \
+    "| Postfix p99 txn | ringmail p99 txn | Postfix msg/s | ringmail msg/s |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for sessions in "${LAT_SESSIONS[@]}"; do
     peak=$(cat "$WORK/peak.$sessions")
     for pct in 50 80; do
         l=$WORK/l.$sessions.$pct
         pe=$(med "$l.postfix.eom")
         re=$(med "$l.ringmail.eom")
-        printf '| %d%% of %.0f = %.0f msg/s, %s sessions | %s | %s | %s | %s | %s | %s | %s |\n' \
-            "$pct" "$peak" "$(calc "$peak * $pct / 100")" "$sessions" "$(fmt "$pe" %.2f)" \
+        printf '| %d%% of %.0f = %.0f msg/s, %s sessions | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$pct" "$peak" "$(calc "$peak * $pct / 100")" "$sessions" \
+            "$(fmt "$(med "$l.sink.eom")" %.2f)" "$(fmt "$pe" %.2f)" \
             "$(fmt "$re" %.2f)" "$(fmt "$(ratio "$re" "$pe")" %.2f)" \
             "$(fmt "$(med "$l.postfix.txn")" %.2f)" "$(fmt "$(med "$l.ringmail.txn")" %.2f)" \
             "$(fmt "$(med "$l.postfix.rate")" %.0f)" "$(fmt "$(med "$l.ringmail.rate")" %.0f)"
@@ -574,8 +418,10 @@ echo "| ringmail durable ingest ≥ 50% of the ceiling (1 KiB, pipelining, $PEAK
     "| $(fmt "$pr" %.2f) | $(verdict "$(cond "$pr" 0.5 '>=')") |"
 for sessions in "${LAT_SESSIONS[@]}"; do
     p80=$(med "$WORK/l.$sessions.80.ringmail.eom")
+    s80=$(med "$WORK/l.$sessions.80.sink.eom")
     echo "| ringmail p99 end-of-data → 250 ≤ 3 ms at 80% of peak ($sessions sessions)" \
-        "| $(fmt "$p80" %.2f) ms | $(verdict "$(cond "$p80" 3 '<=')") |"
+        "| $(fmt "$p80" %.2f) ms (sink: $(fmt "$s80" %.2f) ms) |" \
+        "$(verdict "$(cond "$p80" 3 '<=')") |"
 done
 echo "| ≤ 16 KiB per idle connection | $(fmt "$RM_IDLE_BYTES" %.0f) B" \
     "| $(verdict "$(cond "$RM_IDLE_BYTES" 16384 '<=')") |"

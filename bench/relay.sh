@@ -20,6 +20,8 @@
 #   -q: messages for the queue-memory run (default 100000; 0 skips it)
 #   -n: no Postfix (ringmail only; Postfix is neither installed nor touched)
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/lib.sh"
 
 REPS=3
 MESSAGES=20000
@@ -28,13 +30,11 @@ RINGMAIL=build/ringmail
 WITH_POSTFIX=1
 SESSIONS=20
 SIZE_BYTES=1024
-PF_PORT=25
 # ringmail's mail-loop check treats every address it listens on as itself, whatever the port:
 # a smarthost on 127.0.0.1 would be "myself". The sink therefore listens on 127.0.0.2 (still
 # loopback), for Postfix too so that both relay to the same place.
 SINK_HOST=127.0.0.2
 SINK_PORT=${SINK_PORT:-2626}
-RM_PORT=${RM_PORT:-2525}
 CLOSED_PORT=9          # nothing listens there: every delivery attempt is refused at once
 DEADLINE_S=${DEADLINE_S:-300}  # bound on every wait
 
@@ -50,107 +50,30 @@ while getopts "r:m:q:b:nh" opt; do
     esac
 done
 
-die() { echo "relay.sh: $*" >&2; exit 1; }
-[ "$WITH_POSTFIX" = 0 ] || [ "$(id -u)" = 0 ] || die "run as root (it configures Postfix)"
-[ -x "$RINGMAIL" ] || die "no ringmail binary at $RINGMAIL (use -b PATH)"
-RINGMAIL=$(realpath "$RINGMAIL")
+preflight ringmail
 
 WORK=$(mktemp -d /tmp/ringmail-relay.XXXXXX)
-SINK_PID=""
 SINK_OUT=""
 SINK_SESSIONS=0
 SRC_PID=""
-RM_PID=""
-PF_WAS_RUNNING=0
-
-# --- Postfix ---------------------------------------------------------------------------------
-install_postfix() {
-    command -v postconf >/dev/null && command -v smtp-source >/dev/null && return 0
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null
+cleanup() {
+    set +e
+    [ -n "$SRC_PID" ] && kill "$SRC_PID" 2>/dev/null
+    bench_cleanup
 }
+trap cleanup EXIT
 
+# --- Postfix (the rest in lib.sh) ------------------------------------------------------------
 # Relay everything to the sink, durable as always (Postfix fsyncs each queue file before its
-# 250). Limits raised as a performance-minded admin would; 20 connections to the destination,
-# as ringmail's default --max-connections-per-destination. No HOLD: mail leaves at once.
-configure_postfix() {
-    [ -f /etc/postfix/main.cf ] || cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf
-    cp /etc/postfix/main.cf "$WORK/main.cf.orig"
-    cp /etc/postfix/master.cf "$WORK/master.cf.orig"
-    postconf -e \
-        "compatibility_level = 3.6" \
-        "inet_interfaces = loopback-only" \
-        "inet_protocols = ipv4" \
-        "myhostname = bench.local" \
-        "mydestination =" \
-        "mynetworks = 127.0.0.0/8" \
-        "smtpd_recipient_restrictions = permit_mynetworks,reject" \
-        "smtpd_data_restrictions =" \
-        "relayhost = [$SINK_HOST]:$SINK_PORT" \
-        "default_destination_concurrency_limit = 20" \
-        "smtp_destination_concurrency_limit = 20" \
-        "default_process_limit = 200" \
-        "smtpd_client_connection_count_limit = 0" \
-        "smtpd_client_connection_rate_limit = 0"
-}
-
-postfix_running() { postfix status >/dev/null 2>&1; }
-
-start_postfix() {
-    if postfix_running; then postfix reload >/dev/null 2>&1; else postfix start >/dev/null 2>&1; fi
-    wait_port 127.0.0.1 "$PF_PORT" || die "postfix is not listening on 127.0.0.1:$PF_PORT"
-}
-
-stop_postfix() {
-    postfix_running || return 0
-    local pid
-    pid=$(tr -dc 0-9 </var/spool/postfix/pid/master.pid)
-    postfix stop >/dev/null 2>&1 || true
-    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
-}
-
-purge_postfix() { postsuper -d ALL >/dev/null 2>&1 || true; }
-
-# --- helpers ---------------------------------------------------------------------------------
-# Wait until something answers 220 on HOST:PORT (bounded: 20 s).
-wait_port() {
-    local host=$1 port=$2
-    for _ in $(seq 200); do
-        if timeout 1 bash -c "exec 3<>/dev/tcp/$host/$port && head -c 3 <&3" 2>/dev/null |
-            grep -q 220; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
-# Nothing may listen on PORT (any address): ringmail's listeners use SO_REUSEPORT, so a stale
-# one would silently take part of the load, and a stale sink would count someone else's mail.
-port_free() { [ -z "$(ss -Hltn "( sport = :$1 )")" ]; }
-
-# Floating-point arithmetic without bc: calc "1 / 3".
-calc() { awk "BEGIN { print $1 }"; }
-
-median() { sort -g | awk '{v[NR] = $1} END {
-    if (NR == 0) { print "n/a"; exit }
-    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-# More than DEADLINE_S seconds since $1 (an $EPOCHREALTIME)? Whole seconds, no fork per poll.
-past_deadline() { ((${EPOCHREALTIME%.*} - ${1%.*} > DEADLINE_S)); }
-
-# Stop PID with SIGTERM, bounded; SIGKILL after DEADLINE_S. Returns its exit status.
-stop_process() {
-    local pid=$1 t0=$EPOCHREALTIME
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do
-        if past_deadline "$t0"; then kill -KILL "$pid" 2>/dev/null || true; break; fi
-        sleep 0.05
-    done
-    local rc=0
-    wait "$pid" 2>/dev/null || rc=$?
-    return "$rc"
-}
+# 250); 20 connections to the destination, as ringmail's default
+# --max-connections-per-destination. No HOLD: mail leaves at once.
+postfix_settings=(
+    "smtpd_data_restrictions ="
+    "relayhost = [$SINK_HOST]:$SINK_PORT"
+    "default_destination_concurrency_limit = 20"
+    "smtp_destination_concurrency_limit = 20"
+    "default_process_limit = 200"
+)
 
 # --- the sink --------------------------------------------------------------------------------
 # smtp-sink -c rewrites "sess=S quit=Q mesg=M\r" on stdout (flushed each time) whenever a
@@ -217,54 +140,11 @@ relay_run() {
     calc "$MESSAGES / ($t1 - $t0)" >>"$out"
 }
 
-start_ringmail() {
-    local log=$1
-    shift
-    port_free "$RM_PORT" || die "something already listens on port $RM_PORT (RM_PORT=...)"
-    "$RINGMAIL" --listen "127.0.0.1:$RM_PORT" "$@" 2>"$log" &
-    RM_PID=$!
-    wait_port 127.0.0.1 "$RM_PORT" || die "ringmail is not ready on 127.0.0.1:$RM_PORT"
-}
-
-stop_ringmail() {
-    local rc=0
-    stop_process "$RM_PID" || rc=$?
-    RM_PID=""
-    [ "$rc" = 0 ] || echo "warning: ringmail exited $rc" >&2
-}
-
-# A field of the "stats ..." line ringmail logs when it stops; empty if missing.
-stats_field() {
-    grep -E 'stats .*commits=' "$1" | tail -1 | sed -n "s/.* $2=\([0-9]*\).*/\1/p" || true
-}
-
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-
-cleanup() {
-    set +e
-    [ -n "$SRC_PID" ] && kill "$SRC_PID" 2>/dev/null
-    [ -n "$RM_PID" ] && kill -KILL "$RM_PID" 2>/dev/null
-    [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
-    if [ -f "$WORK/main.cf.orig" ]; then
-        purge_postfix
-        stop_postfix
-        purge_postfix
-        cp "$WORK/main.cf.orig" /etc/postfix/main.cf
-        cp "$WORK/master.cf.orig" /etc/postfix/master.cf
-        [ "$PF_WAS_RUNNING" = 1 ] && postfix start >/dev/null 2>&1
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 # --- the runs --------------------------------------------------------------------------------
 if [ "$WITH_POSTFIX" = 1 ]; then
-    install_postfix
-    postfix_running && PF_WAS_RUNNING=1
-    configure_postfix
-    stop_postfix  # also one left running by an earlier run
-    purge_postfix
-    port_free "$PF_PORT" || die "something other than Postfix listens on port $PF_PORT"
+    take_postfix "${postfix_settings[@]}"
 fi
 command -v smtp-source >/dev/null || die "smtp-source/smtp-sink (package postfix) are not installed"
 
@@ -288,7 +168,7 @@ for rep in $(seq "$REPS"); do
 
     start_sink "$WORK/sink-ringmail-$rep.out"
     log="$WORK/ringmail-$rep.log"
-    start_ringmail "$log" --spool-dir "$WORK/spool-$rep" --smarthost "[$SINK_HOST]:$SINK_PORT"
+    start_ringmail "$log" --smarthost "[$SINK_HOST]:$SINK_PORT"
     relay_run "$RM_PORT" "$WORK/ringmail"
     stop_ringmail  # closes its delivery connections; the sink then counts their sessions
     finish_sink
@@ -299,7 +179,6 @@ for rep in $(seq "$REPS"); do
     if [ -n "$commits" ] && [ -n "$msgs" ] && [ "$msgs" != 0 ]; then
         calc "$commits / $msgs" >>"$WORK/syncs"
     fi
-    rm -rf "$WORK/spool-$rep"
     pf_last=$(tail -1 "$WORK/postfix")
     printf 'rep %d: postfix %s msg/s (%s conns, sink got %s)  ringmail %s msg/s (%s conns,' \
         "$rep" "${pf_last:-n/a}" "$(tail -1 "$WORK/pf_conns")" "$pf_msgs" \
@@ -313,8 +192,7 @@ per_msg_anon=n/a
 if [ "$QUEUED" -gt 0 ]; then
     port_free "$CLOSED_PORT" || die "something listens on port $CLOSED_PORT"
     log="$WORK/ringmail-queue.log"
-    start_ringmail "$log" --spool-dir "$WORK/spool-queue" \
-        --smarthost "[$SINK_HOST]:$CLOSED_PORT" --retry-schedule 1h:1h
+    start_ringmail "$log" --smarthost "[$SINK_HOST]:$CLOSED_PORT" --retry-schedule 1h:1h
     rss0=$(rss_kib "$RM_PID" VmRSS)
     anon0=$(rss_kib "$RM_PID" RssAnon)
     timeout "$DEADLINE_S" smtp-source -d -s "$SESSIONS" -m "$QUEUED" -l "$SIZE_BYTES" \
@@ -334,7 +212,6 @@ if [ "$QUEUED" -gt 0 ]; then
     per_msg_anon=$(calc "($anon1 - $anon0) * 1024 / $QUEUED")
     printf 'queue: %s deferred; VmRSS %s -> %s KiB, RssAnon %s -> %s KiB\n' "$deferred" \
         "$rss0" "$rss1" "$anon0" "$anon1" >&2
-    rm -rf "$WORK/spool-queue"
 fi
 
 pf=$(median <"$WORK/postfix")
@@ -342,10 +219,7 @@ rm_=$(median <"$WORK/ringmail")
 pf_conns=$(median <"$WORK/pf_conns")
 rm_conns=$(median <"$WORK/rm_conns")
 syncs=$(median <"$WORK/syncs")
-# shellcheck disable=SC2059  # the format is ours, passed by the callers below
-fmt() { [ "$1" = n/a ] && echo n/a || printf "$2" "$1"; }
-ratio=n/a
-[ "$pf" != n/a ] && ratio=$(calc "$rm_ / $pf")
+ratio=$(ratio "$rm_" "$pf")
 
 echo
 echo "End-to-end relay, $MESSAGES messages of ${SIZE_BYTES} B, $SESSIONS sessions, median of" \

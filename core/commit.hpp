@@ -89,6 +89,10 @@ class Committer {
     [[nodiscard]] bool quiescent() const {
         return idle() && (prep_ == Prep::none || prep_ == Prep::ready || prep_ == Prep::failed);
     }
+    // No segment preparation in flight: the next segment is ready, or its preparation failed.
+    [[nodiscard]] bool segment_settled() const {
+        return prep_ == Prep::ready || prep_ == Prep::failed;
+    }
     [[nodiscard]] const CommitStats& stats() const { return stats_; }
     // For tests: the batch that starts serial-th (1, 2, ...) fails as if its fdatasync had
     // returned EIO, whatever the disk said.

@@ -40,6 +40,8 @@ bool peer_address(int fd, smtp::IpAddress& out) {
     return false;
 }
 
+// Starting waits at most this long for the first spool segment (then serves anyway).
+constexpr uint64_t kFirstSegmentWaitMs = 30'000;
 // Shutting down waits this long for connections that are in a commit; then it exits anyway
 // (anything not yet 250'd is simply not acknowledged).
 constexpr uint64_t kStopGraceMs = 10'000;
@@ -96,6 +98,14 @@ int Engine::run() {
         auth_worker_ = std::make_unique<tls::AuthWorker>(*shared_.auth_users);
         ok = auth_worker_->ok();
         if (!ok) error = "cannot start the AUTH worker thread";
+    }
+    if (ok) {
+        // The first segment is made (zero-filled, synced) before the first client is served:
+        // made meanwhile, it held the first messages' 250 for its ~100 ms. A failure (a full
+        // disk) is not fatal: messages get 452 until a segment can be made.
+        const uint64_t deadline_us = monotonic_us() + kFirstSegmentWaitMs * 1000;
+        while (!committer_->segment_settled() && monotonic_us() < deadline_us)
+            reactor_.run_once([](uint64_t, int) {});
     }
     if (!ok) {
         LOG_ERROR("%s", error.c_str());
