@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dev.sh — the two set-up commands of the README.
 #   ./dev.sh run [ringmail flags...]   install build deps, build, start the relay (embedded defaults)
-#   ./dev.sh test                      install test deps, build (release + ASan/UBSan), run every test
+#   ./dev.sh test                      install test deps, build (release, ASan/UBSan, fuzzers), run
+#                                      every test
 set -euo pipefail
 cd "$(dirname "$0")"
 jobs=$(nproc)
@@ -24,12 +25,18 @@ test)
     build build Release
     # The sanitizer build runs the unit tests only; the integration suite uses the release daemon.
     build build-asan Debug -DRINGMAIL_SANITIZE=ON -DRINGMAIL_UNIT_ONLY=ON
+    # libFuzzer targets of the parsers (clang, ASan+UBSan), 30 s each over their corpora.
+    cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRINGMAIL_FUZZ=ON \
+        -DRINGMAIL_UNIT_ONLY=ON -DRINGMAIL_FUZZ_SECONDS=30 \
+        -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
+    cmake --build build-fuzz --target ringmail_fuzzers -j "$jobs"
     status=0
     ctest --test-dir build-asan --output-on-failure -j "$jobs" || status=1
     ctest --test-dir build --output-on-failure || status=1
+    ctest --test-dir build-fuzz -L fuzz --output-on-failure -j "$jobs" || status=1
     exit $status
     ;;
 *)
-    sed -n '2,4p' "$0"; exit 2
+    sed -n '2,5p' "$0"; exit 2
     ;;
 esac

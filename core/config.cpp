@@ -2,6 +2,7 @@
 #include "core/config.hpp"
 
 #include "core/scheduler.hpp"
+#include "dns/destination.hpp"
 
 #include <unistd.h>
 
@@ -233,6 +234,12 @@ int parse_config(int argc, char** argv, Config& c) {
         c.compact_after_ms == 0) {
         fprintf(stderr, "ringmail: --compact-after %s: expected a duration, e.g. 1h\n",
                 c.compact_after.c_str());
+        return 3;
+    }
+    if (!c.smarthost.empty() && !dns::parse_smarthost(c.smarthost)) {
+        fprintf(stderr,
+                "ringmail: --smarthost %s: expected HOST[:PORT], IPV4[:PORT] or [ADDRESS][:PORT]\n",
+                c.smarthost.c_str());
         return 3;
     }
     c.retry_first_ms = rp.first_ms;

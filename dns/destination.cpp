@@ -83,12 +83,23 @@ std::optional<IpAddress> parse_v6(std::string_view text) {
 }
 
 // Host names for a smarthost: letters, digits, '-', '.', '_' (some internal relays use it).
+// Labels of letters, digits, '-' and '_', 1 to 63 bytes each, one trailing dot allowed: "." or
+// "a..b" name no host.
 bool host_name_ok(std::string_view name) {
+    if (!name.empty() && name.back() == '.') name.remove_suffix(1);
     if (name.empty() || name.size() > 253) return false;
-    return std::all_of(name.begin(), name.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-               c == '-' || c == '.' || c == '_';
-    });
+    size_t label = 0;
+    for (const char c : name) {
+        if (c == '.') {
+            if (label == 0) return false;
+            label = 0;
+            continue;
+        }
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c >= '0' && c <= '9') || c == '-' || c == '_';
+        if (!ok || ++label > 63) return false;
+    }
+    return label > 0;
 }
 
 bool any_own(const MxHost& h, const OwnAddresses& own) {

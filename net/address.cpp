@@ -115,6 +115,12 @@ bool literal_address_ok(std::string_view inner) {
                     strncasecmp(inner.data(), kV6Tag.data(), kV6Tag.size()) == 0;
     if (v6) inner.remove_prefix(kV6Tag.size());
     if (inner.empty() || inner.size() >= sizeof buf) return false;
+    // Only the characters of an address: inet_pton would stop at a NUL and accept what follows.
+    for (const char ch : inner) {
+        const bool ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') ||
+                        (ch >= 'A' && ch <= 'F') || ch == '.' || ch == ':';
+        if (!ok) return false;
+    }
     std::memcpy(buf, inner.data(), inner.size());
     buf[inner.size()] = '\0';
     return inet_pton(v6 ? AF_INET6 : AF_INET, buf, bin) == 1;

@@ -434,7 +434,9 @@ void ClientSession::on_data(uint16_t code) {
         push_pending(Cmd::dot_discard);
         return;
     }
-    if (code / 100 == 2) return fail("DATA answered without 354", "4.5.0");
+    // 2xx or a 3xx other than 354: the server does not follow the protocol (RFC 5321 §4.3.2
+    // allows 354, 4xx and 5xx); a 3xx must not become a bounce with a "3.x.x" status.
+    if (code / 100 == 2 || code / 100 == 3) return fail("DATA answered without 354", "4.5.0");
     settle_accepted(keep_reply(), outcome_of(code));
     advance_envelope();
 }

@@ -112,8 +112,8 @@ struct Writer {
     }
 };
 
-// The first index of a CR not followed by LF or an LF not preceded by CR, continuing from the
-// previous chunk's last byte (prev_cr); npos when clean.
+// The index of the first offending byte: an LF not preceded by CR, or the byte after a CR that
+// is not an LF; continues from the previous chunk's last byte (prev_cr); npos when clean.
 size_t find_bare_crlf(std::string_view s, bool& prev_cr) {
     const char* p = s.data();
     const size_t n = s.size();
@@ -130,12 +130,12 @@ size_t find_bare_crlf(std::string_view s, bool& prev_cr) {
         const size_t cr_at = cr != nullptr ? static_cast<size_t>(cr - p) : end;
         if (lf == nullptr) {
             if (cr == nullptr) return std::string_view::npos;
-            if (cr_at + 1 < n) return cr_at;
+            if (cr_at + 1 < n) return cr_at + 1;
             prev_cr = true;  // the LF may start the next chunk
             return std::string_view::npos;
         }
         if (cr == nullptr) return end;
-        if (cr_at + 1 != end) return cr_at;
+        if (cr_at + 1 != end) return cr_at + 1;
         i = end + 1;
     }
     return std::string_view::npos;
@@ -931,8 +931,16 @@ void ServerSession::do_quit() {
 
 bool ServerSession::emit(const char* p, size_t n) {
     if (n == 0) return true;
+    SMTP_ASSERT(body_bytes_ <= settings_.message_size_max_bytes);
+    const uint64_t room = settings_.message_size_max_bytes - body_bytes_;
     body_bytes_ += n;
-    if (body_bytes_ > settings_.message_size_max_bytes) {
+    if (n > room) {
+        // What fits is stored first: running out of storage before the limit is that refusal,
+        // however the text was cut.
+        if (room > 0 && !sink_.message_body({p, static_cast<size_t>(room)})) {
+            fail_message(Refusal::no_storage);
+            return false;
+        }
         fail_message(Refusal::too_big);
         return false;
     }
@@ -952,8 +960,11 @@ size_t ServerSession::feed_data(std::string_view in) {
     const size_t n = in.size();
     size_t i = 0;
     size_t span = 0;
+    // The refusal is the first one in the order of the bytes, however they were cut into reads:
+    // the text before the offending byte (a bare LF, or the byte after a bare CR) is stored
+    // first, so a message too big or out of storage before it is refused as such.
     const auto bare = [&](size_t at) {
-        fail_message(Refusal::bare_crlf);
+        if (emit(p + span, at - span)) fail_message(Refusal::bare_crlf);
         return start_discard(in, at);
     };
     while (i < n) {
@@ -966,13 +977,13 @@ size_t ServerSession::feed_data(std::string_view in) {
                 const auto* cr = static_cast<const char*>(std::memchr(p + i, '\r', end - i));
                 const size_t cr_at = cr != nullptr ? static_cast<size_t>(cr - p) : end;
                 if (lf == nullptr) {
-                    if (cr != nullptr && cr_at + 1 < n) return bare(cr_at);
+                    if (cr != nullptr && cr_at + 1 < n) return bare(cr_at + 1);
                     if (cr != nullptr) data_state_ = DataState::cr;
                     i = n;
                     break;
                 }
                 if (cr == nullptr) return bare(end);
-                if (cr_at + 1 != end) return bare(cr_at);
+                if (cr_at + 1 != end) return bare(cr_at + 1);
                 data_state_ = DataState::line_start;
                 i = end + 1;
                 break;
@@ -1072,8 +1083,11 @@ size_t ServerSession::feed_chunk(std::string_view in) {
 // BDAT text is binary-counted, but we relay it later with DATA, where a bare CR or LF would
 // let a downstream server see a different end of message: refuse them here too.
 void ServerSession::store_chunk(std::string_view part) {
-    if (find_bare_crlf(part, chunk_prev_cr_) != std::string_view::npos) {
-        fail_message(Refusal::bare_crlf);
+    const size_t bad = find_bare_crlf(part, chunk_prev_cr_);
+    if (bad != std::string_view::npos) {
+        // As in DATA: the text before the offending byte is stored first, so the refusal does
+        // not depend on how the chunk arrived.
+        if (emit(part.data(), bad)) fail_message(Refusal::bare_crlf);
         return;
     }
     (void)emit(part.data(), part.size());

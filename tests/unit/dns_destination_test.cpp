@@ -173,6 +173,14 @@ TEST(Smarthost, RejectsMalformed) {
     EXPECT_FALSE(parse_smarthost("relay.example:0"));
     EXPECT_FALSE(parse_smarthost("relay.example:70000"));
     EXPECT_FALSE(parse_smarthost("2001:db8::1"));  // ambiguous without brackets
+    // No host name at all (found by the fuzzer: resolving it asserted).
+    EXPECT_FALSE(parse_smarthost("."));
+    EXPECT_FALSE(parse_smarthost("[.]"));
+    EXPECT_FALSE(parse_smarthost(".:25"));
+    EXPECT_FALSE(parse_smarthost("relay..example"));
+    EXPECT_FALSE(parse_smarthost(".relay.example"));
+    EXPECT_FALSE(parse_smarthost(std::string(64, 'a') + ".example"));  // a label over 63
+    EXPECT_TRUE(parse_smarthost("relay.example."));                    // one trailing dot
     EXPECT_FALSE(parse_smarthost("[192.0.2.1]x"));
     EXPECT_FALSE(parse_smarthost("relay example"));
 }

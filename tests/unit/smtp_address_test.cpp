@@ -87,12 +87,18 @@ TEST(SmtpAddress, MalformedPathsAreSyntaxErrors) {
                             "<a@[1.2.3]>",
                             "<a@[999.1.1.1]>",
                             "<a@[IPv6:zz::1]>",
+                            "<a@[IPv6:::1 ]>",
                             "<a@[tag:x]>",
                             "",
                             "<a@b.example>>",
                             "<\"a\rb\"@c.example>",
                             "<a@b.example.."})
         EXPECT_EQ(parse(bad).status, PathStatus::syntax) << bad;
+    // A NUL inside a literal: inet_pton stops at it and accepted what follows (the fuzzer).
+    using namespace std::literals;
+    for (std::string_view bad :
+         {"<a@[IPv6:::\0]>"sv, "<a@[1.2.3.4\0x]>"sv, "a@[IPv6:::\0]"sv, "a@[1.2.3.4\0x]"sv})
+        EXPECT_EQ(parse(bad).status, PathStatus::syntax) << bad.size();
 }
 
 TEST(SmtpAddress, DomainLiteralsParse) {

@@ -863,6 +863,8 @@ TEST(SmtpClientHostile, UnexpectedCodesForTheCommand) {
     expect_hostile("354 go ahead\r\n", "unexpected 3xx reply");
     // 250 to DATA (after the RCPTs) is not a valid start of the text.
     expect_hostile("250 ok\r\n250 ok\r\n250 ok\r\n", "DATA answered without 354");
+    // A 3xx other than 354 neither: never a bounce with a "3.x.x" status (found by the fuzzer).
+    expect_hostile("250 ok\r\n250 ok\r\n353 go\r\n", "DATA answered without 354");
 }
 
 // --- the reply parser alone --------------------------------------------------------------

@@ -211,6 +211,30 @@ TEST(SmtpServerData, OversizedMessageAbortsAtOnceAndIs552AtTheEnd) {
     EXPECT_EQ(h.lines(), (Lines{"552 5.3.4 Message size exceeds fixed maximum message size"}));
 }
 
+// The first refusal in the order of the bytes wins, however they arrive (found by the fuzzer:
+// too big before a bare LF was 550 in one read and 552 byte by byte).
+TEST(SmtpServerData, RefusalDoesNotDependOnHowTheTextIsCut) {
+    const std::string text = std::string(150, 'x') + "\nmore\r\n.\r\n";
+    for (size_t cut : {size_t{1}, size_t{7}, text.size()}) {
+        SCOPED_TRACE(cut);
+        Harness h(false, [](ServerSettings& s) { s.message_size_max_bytes = 100; });
+        in_data(h);
+        for (size_t at = 0; at < text.size(); at += cut)
+            h.write(text.substr(at, cut));
+        EXPECT_EQ(h.lines(), (Lines{"552 5.3.4 Message size exceeds fixed maximum message size"}));
+    }
+    for (size_t cut : {size_t{1}, size_t{7}, size_t{1000}}) {
+        SCOPED_TRACE(cut);
+        const std::string bare_cr =
+            std::string(50, 'x') + "\rx" + std::string(100, 'y') + "\r\n.\r\n";
+        Harness h(false, [](ServerSettings& s) { s.message_size_max_bytes = 100; });
+        in_data(h);
+        for (size_t at = 0; at < bare_cr.size(); at += cut)
+            h.write(bare_cr.substr(at, cut));
+        EXPECT_EQ(h.lines(), (Lines{std::string(kBare)}));
+    }
+}
+
 TEST(SmtpServerData, MessageOfExactlyTheMaximumSizeIsAccepted) {
     Harness h(false, [](ServerSettings& s) { s.message_size_max_bytes = 100; });
     in_data(h);
@@ -424,6 +448,20 @@ TEST(SmtpServerBdat, CrLfSplitAcrossChunksIsFineButATrailingCrIsNot) {
         h.write("BDAT 2 LAST\r\na\r");
         EXPECT_EQ(h.lines(), (Lines{std::string(kBare)}));
         EXPECT_EQ(h.sink.events, (Lines{"begin", "abort"}));
+    }
+}
+
+// As in DATA, the first refusal in byte order wins however the chunk arrives (the fuzzer: a
+// chunk too big before its bare LF was 550 in one read, 552 byte by byte).
+TEST(SmtpServerBdat, RefusalDoesNotDependOnHowTheChunkIsCut) {
+    const std::string chunk = "BDAT 20 LAST\r\n" + std::string(15, 'x') + "\nabcd";
+    for (size_t cut : {size_t{1}, size_t{5}, chunk.size()}) {
+        SCOPED_TRACE(cut);
+        Harness h(false, [](ServerSettings& s) { s.message_size_max_bytes = 10; });
+        bdat_ready(h);
+        for (size_t at = 0; at < chunk.size(); at += cut)
+            h.write(chunk.substr(at, cut));
+        EXPECT_EQ(h.lines(), (Lines{"552 5.3.4 Message size exceeds fixed maximum message size"}));
     }
 }
 
