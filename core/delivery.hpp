@@ -142,6 +142,10 @@ class Delivery {
         std::string last_error;                 // why the last connection failed
         std::string last_status = "4.4.1";      // its RFC 3463 code (4.7.5: TLS required)
         uint64_t tls_broken_until_ms = 0;       // `may`: handshake failed, clear until then
+        // Per host of the destination (its name, or its address for a literal): the last TLS
+        // session, offered for resumption by the next connection to it (RFC 5077, RFC 8446
+        // §2.2), as Postfix's smtp_tls_session_cache does.
+        std::unordered_map<std::string, tls::TlsResumption> tls_resume;
         uint16_t port = 25;
         explicit Destination(const sched::DestinationLimits& l) : queue(l) {}
     };

@@ -256,8 +256,11 @@ void OutboundConnection::start_tls() {
     const bool literal = host.empty() || host[0] == '[' ||
                          inet_pton(AF_INET, host.c_str(), &scratch) == 1 ||
                          inet_pton(AF_INET6, host.c_str(), &scratch) == 1;
-    tls_.reset(new (std::nothrow)
-                   tls::TlsSession(*ctx, literal ? std::string_view() : std::string_view(host)));
+    const auto kept = dest_->tls_resume.find(tls_host_key());
+    const tls::TlsResumption* resume =
+        kept != dest_->tls_resume.end() && !kept->second.empty() ? &kept->second : nullptr;
+    tls_.reset(new (std::nothrow) tls::TlsSession(
+        *ctx, literal ? std::string_view() : std::string_view(host), resume));
     if (tls_ == nullptr || !tls_->ok()) {
         tls_.reset();
         tls_failed("cannot create a TLS session (out of memory)");
@@ -314,11 +317,18 @@ void OutboundConnection::tls_pump() {
     }
 }
 
+// The key of this connection's host in Destination::tls_resume.
+std::string OutboundConnection::tls_host_key() const {
+    const auto& h = dest_->resolution->hosts[host_];
+    return !h.name.empty() ? h.name : dns::format_ip(h.addresses[addr_]);
+}
+
 void OutboundConnection::tls_established() {
     tls_desc_.assign(tls_->version());
     tls_desc_ += '/';
     tls_desc_ += tls_->cipher();
-    LOG_DEBUG("delivery: TLS with %s: %s", remote().c_str(), tls_desc_.c_str());
+    LOG_DEBUG("delivery: TLS with %s: %s%s", remote().c_str(), tls_desc_.c_str(),
+              tls_->resumed() ? " (resumed)" : "");
     session_.tls_started();  // EHLO again, inside TLS (RFC 3207 §4.2)
 }
 
@@ -663,6 +673,11 @@ void OutboundConnection::on_close(void* self, int, uint32_t) {
 void OutboundConnection::after_close() {
     RM_ASSERT(inflight_ == 0 && !reading_);
     if (has_job_) finish_job("4.4.2 " + error_, sched::Outcome::deferred);
+    if (tls_ && tls_->handshake_done()) {
+        // Read to the end, so a TLS 1.3 ticket (sent after the handshake) is in it by now.
+        tls::TlsResumption r = tls_->resumption();
+        if (!r.empty()) dest_->tls_resume[tls_host_key()] = std::move(r);
+    }
     tls_.reset();  // its ~35 KiB go back with the connection
     if (clear_retry_ && !stopping_) {
         clear_retry_ = false;

@@ -68,6 +68,7 @@ class OutboundConnection {
     [[nodiscard]] std::string remote() const;
     // TLS.
     void start_tls();
+    [[nodiscard]] std::string tls_host_key() const;
     void tls_pump();  // ciphertext in → handshake or plaintext into the session
     void tls_established();
     void tls_failed(std::string_view why);

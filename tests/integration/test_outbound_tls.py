@@ -55,6 +55,8 @@ class _TlsSeenSMTP(_CountingSMTP):
 
     async def smtp_DATA(self, arg):
         self.rm_owner.tls_seen.append(self._tls_protocol is not None)
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        self.rm_owner.tls_reused.append(ssl_object is not None and ssl_object.session_reused)
         await super().smtp_DATA(arg)
 
 
@@ -76,6 +78,7 @@ class TlsCapture(CaptureServer):
         self.tls_context = tls_context
         self.broken = broken
         self.tls_seen = []
+        self.tls_reused = []  # per message: did the session resume an earlier one
 
     def start(self):
         smtp_class = _BrokenTlsSMTP if self.broken else _TlsSeenSMTP
@@ -166,6 +169,20 @@ def test_may_delivers_inside_tls(net, helpers):
     commands = [data for _, data in mx.chunks]
     assert commands[:3] == [b"EHLO ringmail.test\r\n", b"STARTTLS\r\n",
                             b"EHLO ringmail.test\r\n"], commands[:4]
+
+
+def test_next_connection_resumes_the_tls_session(net, helpers):
+    """The session of one connection is offered again by the next to the same host (as
+    Postfix's smtp_tls_session_cache does); the MX (OpenSSL, TLS 1.3 tickets) resumes it."""
+    mx = net.server("tls")
+    d = net.daemon("--max-messages-per-connection", "1")
+    for n, tag in enumerate(("resume-1", "resume-2"), 1):
+        msg_id = send(d, helpers, "u@tls.test", tag)
+        _, raw = wait_line(d, msg_id, "delivered")
+        assert tls_field(raw).startswith("TLSv1."), raw
+        wait_for(lambda: len(mx.tls_reused) >= n, f"message {n} at the MX")
+    assert mx.connections >= 2, "one connection per message"
+    assert mx.tls_reused == [False, True], mx.tls_reused
 
 
 def test_may_without_starttls_delivers_in_clear(net, helpers):
