@@ -635,6 +635,14 @@ void Delivery::dsn_committed(DsnWaiter* w, bool ok) {
     LOG_ERROR("a DSN to <%s> could not be stored after 5 tries; dropped", keep->sender.c_str());
 }
 
+void Delivery::keep_tls_session(const std::string& host, tls::TlsResumption r) {
+    // Bounded: past the cap an arbitrary host's session goes (its next connection does a full
+    // handshake, nothing worse).
+    if (tls_sessions_.size() >= kTlsSessionsMax && !tls_sessions_.contains(host))
+        tls_sessions_.erase(tls_sessions_.begin());
+    tls_sessions_.insert_or_assign(host, std::move(r));
+}
+
 void Delivery::finish_message(sched::MessageRef m) {
     Held& h = held_[m.index];
     if (h.tracked) {

@@ -121,6 +121,14 @@ class Delivery {
     [[nodiscard]] OutboundTls tls_policy() const { return tls_policy_; }
     // This core's client TLS context; null under --outbound-tls=none.
     [[nodiscard]] const tls::TlsContext* tls_client() const { return tls_client_.get(); }
+    // The last TLS session with a destination host (its name, or its address for a literal),
+    // offered for resumption by the next connection to it (RFC 5077, RFC 8446 §2.2), as
+    // Postfix's smtp_tls_session_cache does. At most kTlsSessionsMax per core.
+    [[nodiscard]] const tls::TlsResumption* tls_session(const std::string& host) const {
+        auto it = tls_sessions_.find(host);
+        return it != tls_sessions_.end() && !it->second.empty() ? &it->second : nullptr;
+    }
+    void keep_tls_session(const std::string& host, tls::TlsResumption r);
     void connection_closed(OutboundConnection* c);
 
     struct Stats {
@@ -142,10 +150,6 @@ class Delivery {
         std::string last_error;                 // why the last connection failed
         std::string last_status = "4.4.1";      // its RFC 3463 code (4.7.5: TLS required)
         uint64_t tls_broken_until_ms = 0;       // `may`: handshake failed, clear until then
-        // Per host of the destination (its name, or its address for a literal): the last TLS
-        // session, offered for resumption by the next connection to it (RFC 5077, RFC 8446
-        // §2.2), as Postfix's smtp_tls_session_cache does.
-        std::unordered_map<std::string, tls::TlsResumption> tls_resume;
         uint16_t port = 25;
         explicit Destination(const sched::DestinationLimits& l) : queue(l) {}
     };
@@ -161,6 +165,8 @@ class Delivery {
     void queue_job(Destination& d, const JobMsg& j);
 
   private:
+    static constexpr size_t kTlsSessionsMax = 4096;
+
     uint32_t intern_domain(std::string_view d);
     void release_domain(uint32_t id);
     void dispatch_due();
@@ -276,6 +282,8 @@ class Delivery {
     smtp::ClientSettings client_settings_;  // every outbound session refers to it
     OutboundTls tls_policy_ = OutboundTls::may;
     std::unique_ptr<tls::TlsContext> tls_client_;  // one per core (wolfSSL CTX)
+    // After tls_client_: freed before it (and the library reference it holds).
+    std::unordered_map<std::string, tls::TlsResumption> tls_sessions_;
     IoOp dns_op_{&Delivery::on_dns_readable, this};
     bool dns_armed_ = false;
     Stats stats_;

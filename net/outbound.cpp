@@ -256,9 +256,7 @@ void OutboundConnection::start_tls() {
     const bool literal = host.empty() || host[0] == '[' ||
                          inet_pton(AF_INET, host.c_str(), &scratch) == 1 ||
                          inet_pton(AF_INET6, host.c_str(), &scratch) == 1;
-    const auto kept = dest_->tls_resume.find(tls_host_key());
-    const tls::TlsResumption* resume =
-        kept != dest_->tls_resume.end() && !kept->second.empty() ? &kept->second : nullptr;
+    const tls::TlsResumption* resume = delivery_.tls_session(tls_host_key());
     tls_.reset(new (std::nothrow) tls::TlsSession(
         *ctx, literal ? std::string_view() : std::string_view(host), resume));
     if (tls_ == nullptr || !tls_->ok()) {
@@ -676,7 +674,7 @@ void OutboundConnection::after_close() {
     if (tls_ && tls_->handshake_done()) {
         // Read to the end, so a TLS 1.3 ticket (sent after the handshake) is in it by now.
         tls::TlsResumption r = tls_->resumption();
-        if (!r.empty()) dest_->tls_resume[tls_host_key()] = std::move(r);
+        if (!r.empty()) delivery_.keep_tls_session(tls_host_key(), std::move(r));
     }
     tls_.reset();  // its ~35 KiB go back with the connection
     if (clear_retry_ && !stopping_) {
