@@ -93,6 +93,19 @@ def free_port_on(hosts, kind=socket.SOCK_STREAM):
 
 # --- dnsmasq -------------------------------------------------------------------------------
 
+def end_process(proc):
+    """Terminates proc (a Popen, or None), kills it after 10 s; returns None."""
+    if proc is None:
+        return None
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return None
+
+
 def _dns_query(name, qtype=1):
     labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
     return struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack(
@@ -148,15 +161,7 @@ class Dnsmasq:
         raise AssertionError("dnsmasq never ready")
 
     def stop(self):
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        self.proc = end_process(self.proc)
 
     def restart(self, records):
         self.stop()
@@ -355,15 +360,7 @@ class SmtpSink:
         return tuple(int(x) for x in found[-1])
 
     def stop(self):
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        self.proc = end_process(self.proc)
 
 
 def stop_all(peers):
