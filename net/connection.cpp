@@ -645,11 +645,13 @@ void Connection::message_abort() {
 void Connection::commit_finished(smtp::CommitResult r) {
     RM_ASSERT(committing_);
     committing_ = false;
+    // The session learns the outcome even when the peer has gone: it waits in commit_wait
+    // until then, and the slot's next open() resets it.
+    session_.commit_done(r);
     if (state_ == State::closing) {
         maybe_release();
         return;
     }
-    session_.commit_done(r);
     if (shutdown_requested_) session_.shutdown();
     pump();
 }
