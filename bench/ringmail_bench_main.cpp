@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     sink->add_option("--report-interval", snk.report_interval_s, "seconds between report lines");
     sink->add_option("--stats-file", snk.stats_file, "JSON counts, rewritten every interval");
+    sink->add_option("--seqs-file", snk.seqs_file,
+                     "seqs of the verified messages accepted, one a line, rewritten every "
+                     "interval (needs --verify)");
     sink->add_flag("--json", snk.json, "final report as one JSON object");
     auto fraction = CLI::Range(0.0, 1.0);
     sink->add_option("--rcpt-temp-fail", snk.session.rcpt_temp_fail, "fraction of RCPT → 450")
@@ -172,6 +175,10 @@ int main(int argc, char** argv) {
     snk.session.pipelining = !no_pipelining;
     snk.session.chunking = !no_chunking;
     snk.session.size = !no_size;
+    if (!snk.seqs_file.empty() && !snk.session.verify) {
+        fprintf(stderr, "ringmail-bench sink: --seqs-file needs --verify\n");
+        return 2;
+    }
     double total =
         snk.session.drop_fraction + snk.session.data_temp_fail + snk.session.data_perm_fail;
     if (snk.session.rcpt_temp_fail + snk.session.rcpt_perm_fail > 1.0 || total > 1.0) {

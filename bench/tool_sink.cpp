@@ -473,6 +473,16 @@ std::string report_human(const Totals& t, double elapsed_s, bool verify) {
     return b;
 }
 
+std::string seqs_text(SeqSet& seen) {
+    std::string out;
+    char line[24];
+    for (uint64_t seq : seen.members()) {
+        int n = snprintf(line, sizeof line, "%llu\n", static_cast<unsigned long long>(seq));
+        out.append(line, static_cast<size_t>(n));
+    }
+    return out;
+}
+
 }  // namespace
 
 int run_sink(const SinkConfig& cfg) {
@@ -541,6 +551,7 @@ int run_sink(const SinkConfig& cfg) {
         last_t = now;
         if (!cfg.stats_file.empty())
             (void)write_file_atomic(cfg.stats_file, report_json(t, now, cfg.session.verify, false));
+        if (!cfg.seqs_file.empty()) (void)write_file_atomic(cfg.seqs_file, seqs_text(seen));
     }
     for (auto& w : workers)
         w->request_stop();
@@ -551,6 +562,9 @@ int run_sink(const SinkConfig& cfg) {
     std::string json = report_json(t, secs, cfg.session.verify, true);
     if (!cfg.stats_file.empty() && !write_file_atomic(cfg.stats_file, json))
         fprintf(stderr, "ringmail-bench sink: cannot write %s: %s\n", cfg.stats_file.c_str(),
+                strerror(errno));
+    if (!cfg.seqs_file.empty() && !write_file_atomic(cfg.seqs_file, seqs_text(seen)))
+        fprintf(stderr, "ringmail-bench sink: cannot write %s: %s\n", cfg.seqs_file.c_str(),
                 strerror(errno));
     std::string out = cfg.json ? json : report_human(t, secs, cfg.session.verify);
     fwrite(out.data(), 1, out.size(), stdout);

@@ -24,6 +24,9 @@ struct SinkConfig {
     uint32_t max_sessions = 0;   // 0: unlimited
     double report_interval_s = 0;
     std::string stats_file;
+    // The seqs of the verified messages accepted (each once, ascending, one per line), rewritten
+    // with the stats: what a test needs to account for each message it sent, not just count.
+    std::string seqs_file;
     bool json = false;
 };
 

@@ -1,6 +1,7 @@
 // tool_sink_session.cpp — see tool_sink_session.hpp.
 #include "bench/tool_sink_session.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -30,6 +31,20 @@ bool SeqSet::insert(uint64_t seq) {
     }
     std::lock_guard<std::mutex> lock(mu_);
     return overflow_.insert(seq).second;
+}
+
+std::vector<uint64_t> SeqSet::members() {
+    std::vector<uint64_t> out;
+    for (uint64_t w = 0; w < bits_ / 64; w++) {
+        uint64_t word = words_[w].load(std::memory_order_relaxed);
+        for (; word != 0; word &= word - 1)
+            out.push_back(w * 64 + static_cast<uint64_t>(__builtin_ctzll(word)));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t low = out.size();
+    out.insert(out.end(), overflow_.begin(), overflow_.end());
+    std::sort(out.begin() + static_cast<std::ptrdiff_t>(low), out.end());
+    return out;
 }
 
 SinkSession::SinkSession(const SinkOptions& opt, SinkCounters& counters, SeqSet* seen)

@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_set>
+#include <vector>
 
 #include "bench/tool_message.hpp"
 
@@ -52,6 +53,8 @@ class SeqSet {
     explicit SeqSet(uint64_t expect);
     // True the first time seq is seen.
     [[nodiscard]] bool insert(uint64_t seq);
+    // Every seq seen so far, ascending (a snapshot: other threads may insert meanwhile).
+    [[nodiscard]] std::vector<uint64_t> members();
 
   private:
     uint64_t bits_;

@@ -484,5 +484,12 @@ TEST(BenchSeqSet, BitmapAndOverflow) {
     EXPECT_TRUE(s.insert(127));  // rounded up to whole words
 }
 
+TEST(BenchSeqSet, MembersAscendingBitmapThenOverflow) {
+    SeqSet s(128);
+    for (uint64_t seq : {900000u, 5u, 127u, 64u, 0u, 200u, 5u})
+        (void)s.insert(seq);
+    EXPECT_EQ(s.members(), (std::vector<uint64_t>{0, 5, 64, 127, 200, 900000}));
+}
+
 }  // namespace
 }  // namespace ringmail::bench
