@@ -803,6 +803,7 @@ void Delivery::on_tick() {
     if (now >= next_compaction_ms_) {
         next_compaction_ms_ = now + 1000;
         compact();
+        reader_.close_unlinked();
     }
     // Destinations that rested after a failure may take their waiting jobs again.
     for (auto& [hash, d] : destinations_)

@@ -2,6 +2,7 @@
 #include "core/spool_reader.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -70,6 +71,21 @@ void SpoolReader::forget(uint16_t dir, uint64_t seq) {
             open_.pop_back();
             return;
         }
+    }
+}
+
+// A few fstat()s of files already open, once a second: no I/O, unlike the open() above. Only a
+// segment whose messages are all final is unlinked, so no read of it is pending here.
+void SpoolReader::close_unlinked() {
+    for (size_t i = 0; i < open_.size();) {
+        struct stat st;
+        if (fstat(open_[i].fd, &st) == 0 && st.st_nlink == 0) {
+            ::close(open_[i].fd);
+            open_[i] = open_.back();
+            open_.pop_back();
+            continue;
+        }
+        i++;
     }
 }
 

@@ -3,7 +3,7 @@
 // Delivery reads a message's record (envelope and text) from the segment that holds it, which
 // may belong to another core's directory: records are immutable once their commit completed,
 // so reading them needs no coordination. Segment files are opened read-only once and kept
-// (bounded cache; the least recently used is closed). Every read is verified (magic, length,
+// (bounded cache; the least recently used is closed, and so is a segment found unlinked). Every read is verified (magic, length,
 // salted crc through spool::decode_record, then decode_message): a record that fails is an
 // operating error reported to the caller, never delivered.
 #pragma once
@@ -46,6 +46,10 @@ class SpoolReader {
     void read(Read* r);
     // The segment is gone (deleted after all its messages became final): close its fd.
     void forget(uint16_t dir, uint64_t segment_seq);
+    // Closes the fds of segments deleted by their owning core (another core's directory, whose
+    // deletion this core's forget() never hears of): an unlinked file held open keeps its disk
+    // space (a preallocated segment) until the fd would be evicted, which may be never.
+    void close_unlinked();
 
   private:
     static void on_read(void* self, int res, uint32_t flags);
