@@ -456,6 +456,11 @@ void OutboundConnection::run_events() {
             case smtp::ClientEvent::protocol_error:
                 if (ev == smtp::ClientEvent::protocol_error && error_.empty())
                     error_ = remote() + ": " + std::string(session_.error());
+                // The session never got ready (no greeting in time, a hang-up or garbage before
+                // EHLO's reply): a failure of this host, as a refused connection is (RFC 5321
+                // §5.1: try the next MX host; all failed: what waits is deferred). Without this,
+                // a host that accepts and never greets held its queue forever, past its lifetime.
+                if (!was_ready_) retry_next_ = true;
                 flush_output();
                 begin_close();
                 return;
