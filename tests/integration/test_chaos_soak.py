@@ -9,8 +9,10 @@ The scenario, all on loopback (127.0.0.0/8 only; the daemon asks only the test's
   - ringmail with delivery on (--threads 2), short retry schedule and queue lifetime, relaying
     to three `ringmail-bench sink` destinations scripted to drop connections at end of data,
     delay replies, answer 4xx and 5xx to RCPT and to end of data, refuse sessions over a limit;
-    one destination's preferred MX is down. A DSN capture server (aiosmtpd) is the MX of the
-    senders' domain, so every bounce is seen.
+    one destination's preferred MX is down; now and then a sink is stopped mid-session and comes
+    back a few seconds later; a fourth destination is a tarpit that never greets (its mail
+    expires). A DSN capture server (aiosmtpd) is the MX of the senders' domain, so every bounce
+    is seen.
   - chaos clients that cut sessions at random bytes with FIN or RST (SO_LINGER 0): before the
     greeting, mid-command, in a pipelined burst, mid-DATA, right after the final "." before
     reading the reply, inside BDAT chunks;
@@ -62,8 +64,9 @@ SINK_EXPECT = 1 << 22  # seqs in the sink's duplicate bitmap (beyond: a hash set
 
 SENDERS = "senders.test"
 IP = {"senders": "127.0.0.50", "d0": "127.0.0.51", "d1": "127.0.0.52", "d2": "127.0.0.53",
-      "d2_down": "127.0.0.54"}
-DOMAINS = ["d0.test", "d1.test", "d2.test"]
+      "d2_down": "127.0.0.54", "d3": "127.0.0.55"}
+# d3's MX is a tarpit: it takes connections and never says a word, so its mail expires (4.4.7).
+DOMAINS = {"d0.test": 30, "d1.test": 30, "d2.test": 30, "d3.test": 3}
 # Each destination misbehaves differently (fractions are of RCPTs or of messages; the sink draws
 # them from the seed and the recipient or the message's seq, so a failing message fails again
 # on every retry until its lifetime ends in a 4.4.7 bounce).
@@ -134,36 +137,47 @@ def dot_stuff(content):
 # --- peers -----------------------------------------------------------------------------------
 
 class BenchSink:
-    """`ringmail-bench sink` on ip:port with --verify and --seqs-file."""
+    """`ringmail-bench sink` on ip:port with --verify and --seqs-file; restartable (each life
+    writes its own files, and what every life accepted is kept)."""
 
     def __init__(self, name, ip, port, workdir, flags, seed):
         if not os.access(BENCH_BIN, os.X_OK):
             pytest.fail(f"ringmail-bench not found at {BENCH_BIN!r} (set RINGMAIL_BENCH_BIN)")
         self.name = name
-        self.seqs_path = os.path.join(workdir, f"sink-{name}.seqs")
-        self.err_path = os.path.join(workdir, f"sink-{name}.err")
-        self.out_path = os.path.join(workdir, f"sink-{name}.json")
-        cmd = [BENCH_BIN, "sink", "--listen", f"{ip}:{port}", "--threads", "1", "--json",
-               "--verify", "--expect", str(SINK_EXPECT), "--seqs-file", self.seqs_path,
-               "--report-interval", "10", "--hostname", f"mx.{name}.test", "--seed", str(seed),
-               *flags]
-        with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
+        self.ip, self.port, self.workdir, self.flags, self.seed = ip, port, workdir, flags, seed
+        self.proc = None
+        self.lives = 0
+        self.reports = []  # the final report of each life
+        self.life_seqs = []  # the seqs each life accepted
+
+    def _path(self, ext):
+        return os.path.join(self.workdir, f"sink-{self.name}-{self.lives}.{ext}")
+
+    def start(self):
+        assert self.proc is None
+        self.lives += 1
+        cmd = [BENCH_BIN, "sink", "--listen", f"{self.ip}:{self.port}", "--threads", "1",
+               "--json", "--verify", "--expect", str(SINK_EXPECT), "--seqs-file",
+               self._path("seqs"), "--report-interval", "10", "--hostname",
+               f"mx.{self.name}.test", "--seed", str(self.seed), *self.flags]
+        with open(self._path("err"), "wb") as err, open(self._path("json"), "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        self.report = None
-        wait_for(self._ready, f"sink {name} listening", timeout=READY_DEADLINE_S)
+        wait_for(self._ready, f"sink {self.name} listening", timeout=READY_DEADLINE_S)
+        return self
 
     def _ready(self):
         assert self.proc.poll() is None, f"sink {self.name} exited: {self._err()}"
         return b"listening on" in self._err()
 
     def _err(self):
-        with open(self.err_path, "rb") as f:
+        with open(self._path("err"), "rb") as f:
             return f.read()
 
     def stop(self):
-        """SIGTERM: the final report (stdout) and seqs file are written; must exit 0."""
+        """SIGTERM: the sink drops its connections, writes its final report (stdout) and seqs
+        file, and must exit 0."""
         if self.proc is None:
-            return self.report
+            return
         self.proc.send_signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(timeout=30)
@@ -173,13 +187,34 @@ class BenchSink:
             rc = "killed after 30 s"
         self.proc = None
         assert rc == 0, f"sink {self.name} exited {rc}: {self._err()[-2000:]!r}"
-        with open(self.out_path, "rb") as f:
-            self.report = json.loads(f.read())
-        return self.report
+        with open(self._path("json"), "rb") as f:
+            self.reports.append(json.loads(f.read()))
+        with open(self._path("seqs"), "rb") as f:
+            self.life_seqs.append({int(x) for x in f.read().split()})
 
     def seqs(self):
-        with open(self.seqs_path, "rb") as f:
-            return {int(x) for x in f.read().split()}
+        return set().union(*self.life_seqs)
+
+    def total(self, key):
+        return sum(r[key] for r in self.reports)
+
+    def duplicates(self):
+        """Seqs accepted more than once: within a life (the sink's count) and across lives."""
+        across = sum(len(x) for x in self.life_seqs) - len(self.seqs())
+        return self.total("duplicates") + across
+
+
+def sink_restarter(run, sinks, rng, down_s=(0.5, 3.0), every_s=(5.0, 15.0)):
+    """A peer that goes away: now and then one sink is stopped mid-session (its connections
+    cut) and comes back on the same address after a while (connections refused meanwhile)."""
+    for _ in range(1000000):
+        if run.stop.wait(rng.uniform(*every_s)):  # chaos pacing
+            return
+        sink = rng.choice(sinks)
+        sink.stop()
+        run.count("sink_restarts")
+        run.stop.wait(rng.uniform(*down_s))  # down for a while, even when the chaos ends now
+        sink.start()
 
 
 class DsnCapture:
@@ -210,7 +245,50 @@ def zone():
         # d2's preferred MX refuses connections: every delivery there falls back to mx2.
         "--mx-host=d2.test,mx1.d2.test,10", f"--host-record=mx1.d2.test,{IP['d2_down']}",
         "--mx-host=d2.test,mx2.d2.test,20", f"--host-record=mx2.d2.test,{IP['d2']}",
+        "--mx-host=d3.test,mx.d3.test,10", f"--host-record=mx.d3.test,{IP['d3']}",
     ]
+
+
+class Tarpit:
+    """An MX that accepts connections and never answers (it holds at most HELD_MAX of them,
+    closing the oldest beyond)."""
+
+    HELD_MAX = 500
+
+    def __init__(self, ip, port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.held = []
+        self.accepted = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _serve(self):
+        while self.running:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(c)
+            if len(self.held) > self.HELD_MAX:
+                self.held.pop(0).close()
+
+    def stop(self):
+        self.running = False
+        self.thread.join(timeout=5)
+        self.sock.close()
+        for c in self.held:
+            c.close()
 
 
 # --- shared state of the run -------------------------------------------------------------------
@@ -246,9 +324,13 @@ class Run:
 
 # --- well-behaved clients ---------------------------------------------------------------------
 
+def pick_domain(rng):
+    return rng.choices(list(DOMAINS), list(DOMAINS.values()))[0]
+
+
 def tracked(run, rng):
     seq = run.new_seq()
-    rcpt = f"r{seq}@{rng.choice(DOMAINS)}"
+    rcpt = f"r{seq}@{pick_domain(rng)}"
     sender = f"s{seq}@{SENDERS}"
     size = rng.choice([300, 1000, 4000, 20000, 60000])
     return seq, sender, rcpt, bench_message(seq, sender, rcpt, size, rng)
@@ -367,7 +449,7 @@ def bdat_client(run, k):
 def chaos_script(rng):
     """A whole session as steps (bytes to send, replies to read before the next step), and where
     its interesting cut points are."""
-    rcpts = [f"c{rng.randrange(10 ** 9)}@{rng.choice(DOMAINS)}" for _ in range(rng.randint(1, 3))]
+    rcpts = [f"c{rng.randrange(10 ** 9)}@{pick_domain(rng)}" for _ in range(rng.randint(1, 3))]
     body = b"Subject: chaos\r\n\r\n" + b"".join(
         (b"." if rng.random() < 0.1 else b"") + b"x" * rng.randint(0, 120) + b"\r\n"
         for _ in range(rng.randint(1, 200)))
@@ -544,13 +626,18 @@ def test_chaos_soak(ringmail_factory, tmp_path):
     sinks = {}
     threads = []
     run = None
+    tarpit = None
     try:
         for i, name in enumerate(["d0", "d1", "d2"]):
-            sinks[name] = BenchSink(name, IP[name], port, workdir, SINK_FLAGS[name], SEED + i)
+            sinks[name] = BenchSink(name, IP[name], port, workdir, SINK_FLAGS[name],
+                                    SEED + i).start()
+        tarpit = Tarpit(IP["d3"], port).start()
         d = ringmail_factory(
             "--threads", "2", "--dns-server", f"127.0.0.1:{dns.port}", "--delivery-port",
             str(port), "--retry-schedule", "1s:2s", "--max-queue-lifetime", f"{LIFETIME_S}s",
             "--timeout-connect-ms", "1000", "--outbound-idle-ms", "1000",
+            # The tarpit's greeting times out after 6 s instead of 5 min (RFC 5321 §4.5.3.2).
+            "--outbound-timeout-percent", "2",
             "--timeout-command-ms", "10000", "--timeout-data-ms", "10000", delivery=True)
         baseline_fd_list = fd_list(d.proc.pid)
         baseline_fds = len(baseline_fd_list)
@@ -560,7 +647,9 @@ def test_chaos_soak(ringmail_factory, tmp_path):
                    + [threading.Thread(target=smtplib_client, args=(run, k), daemon=True)
                       for k in range(SMTPLIB_THREADS)]
                    + [threading.Thread(target=bdat_client, args=(run, k), daemon=True)
-                      for k in range(BDAT_THREADS)])
+                      for k in range(BDAT_THREADS)]
+                   + [threading.Thread(target=sink_restarter, daemon=True,
+                                       args=(run, list(sinks.values()), random.Random(SEED + 7)))])
         for t in threads:
             t.start()
 
@@ -620,10 +709,10 @@ def test_chaos_soak(ringmail_factory, tmp_path):
         end_fds = len(end_fd_list)
 
         # --- accounting ------------------------------------------------------------------------
-        reports = {name: s.stop() for name, s in sinks.items()}
-        delivered = set()
         for s in sinks.values():
-            delivered |= s.seqs()
+            s.stop()
+        delivered = set().union(*(s.seqs() for s in sinks.values()))
+        reports = {name: s.reports for name, s in sinks.items()}
         bounced = {}
         dsn_to_chaos = 0
         bad_dsn = []
@@ -640,9 +729,9 @@ def test_chaos_soak(ringmail_factory, tmp_path):
         acked = dict(run.acked)
         lost = sorted(s for s in acked if s not in delivered and s not in bounced)
         both = sum(1 for s in acked if s in delivered and s in bounced)
-        sink_dups = sum(r["duplicates"] for r in reports.values())
+        sink_dups = sum(s.duplicates() for s in sinks.values())
         dsn_dups = sum(n - 1 for n in bounced.values())
-        corrupt = sum(r["corrupt"] for r in reports.values())
+        corrupt = sum(s.total("corrupt") for s in sinks.values())
         cuts = sum(v for k, v in run.counts.items() if k.startswith("cut_"))
         summary = (f"soak: seed={SEED} chaos_s={chaos_s:.0f} acked={len(acked)} "
                    f"delivered={len(delivered & acked.keys())} "
@@ -651,8 +740,9 @@ def test_chaos_soak(ringmail_factory, tmp_path):
                    f"delivered+bounced {both}) kills={kills} crashes={len(crashes)} cuts={cuts} "
                    f"broken_good_sessions={run.counts.get('good_session_broken', 0)} "
                    f"drain_s={drain_s:.1f} fds={baseline_fds}->{end_fds} "
-                   f"sink_msgs={sum(r['messages'] for r in reports.values())} "
-                   f"dsn_to_chaos={dsn_to_chaos}")
+                   f"sink_msgs={sum(s.total('messages') for s in sinks.values())} "
+                   f"sink_restarts={run.counts.get('sink_restarts', 0)} "
+                   f"tarpit_conns={tarpit.accepted} dsn_to_chaos={dsn_to_chaos}")
         print("\n" + summary)
         print("soak counts: " + " ".join(f"{k}={v}" for k, v in sorted(run.counts.items())))
         out = os.environ.get("RINGMAIL_SOAK_SUMMARY")
@@ -683,5 +773,7 @@ def test_chaos_soak(ringmail_factory, tmp_path):
                 s.stop()
             except AssertionError:
                 pass
+        if tarpit is not None:
+            tarpit.stop()
         ctl.stop()
         dns.stop()
