@@ -10,6 +10,7 @@ What it provides, all on loopback only (no packet may leave 127.0.0.0/8 here):
     connections that spoke (EHLO/HELO) and the most that were open at once, remembers how the
     client's bytes arrived (to see PIPELINING), and can refuse chosen recipients;
   - SmtpSink: Postfix's smtp-sink with its reject/disconnect switches and its -c counters;
+  - Tarpit: an MX that accepts connections and never says a word;
   - wait_for / log helpers that poll a condition under a deadline and a bounded number of
     tries (never a sleep used as synchronisation).
 """
@@ -412,3 +413,45 @@ class ServfailResponder:
         self.running = False
         self.thread.join(timeout=5)
         self.sock.close()
+
+
+class Tarpit:
+    """An MX that accepts connections and never answers (it holds at most HELD_MAX of them,
+    closing the oldest beyond)."""
+
+    HELD_MAX = 500
+
+    def __init__(self, ip, port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.held = []
+        self.accepted = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _serve(self):
+        while self.running:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(c)
+            if len(self.held) > self.HELD_MAX:
+                self.held.pop(0).close()
+
+    def stop(self):
+        self.running = False
+        self.thread.join(timeout=5)
+        self.sock.close()
+        for c in self.held:
+            c.close()

@@ -44,7 +44,7 @@ import time
 import pytest
 from aiosmtpd.controller import Controller
 
-from delivery_peers import DNSMASQ, Dnsmasq, free_port_on, wait_for
+from delivery_peers import DNSMASQ, Dnsmasq, Tarpit, free_port_on, wait_for
 
 SOAK_S = float(os.environ.get("RINGMAIL_SOAK_SECONDS", "60"))
 SEED = int(os.environ.get("RINGMAIL_SOAK_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 31)
@@ -247,48 +247,6 @@ def zone():
         "--mx-host=d2.test,mx2.d2.test,20", f"--host-record=mx2.d2.test,{IP['d2']}",
         "--mx-host=d3.test,mx.d3.test,10", f"--host-record=mx.d3.test,{IP['d3']}",
     ]
-
-
-class Tarpit:
-    """An MX that accepts connections and never answers (it holds at most HELD_MAX of them,
-    closing the oldest beyond)."""
-
-    HELD_MAX = 500
-
-    def __init__(self, ip, port):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.held = []
-        self.accepted = 0
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def _serve(self):
-        while self.running:
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            self.held.append(c)
-            if len(self.held) > self.HELD_MAX:
-                self.held.pop(0).close()
-
-    def stop(self):
-        self.running = False
-        self.thread.join(timeout=5)
-        self.sock.close()
-        for c in self.held:
-            c.close()
 
 
 # --- shared state of the run -------------------------------------------------------------------

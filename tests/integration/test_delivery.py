@@ -24,8 +24,8 @@ import pytest
 import aiosmtpd  # noqa: F401,E402  the MX peers; installed by tools/install-deps.sh test
 
 from delivery_peers import (DNSMASQ, SMTP_SINK, CaptureServer, Dnsmasq,  # noqa: E402
-                            ServfailResponder, SmtpSink, delivery_lines, free_port_on, stop_all,
-                            wait_for)
+                            ServfailResponder, SmtpSink, Tarpit, delivery_lines, free_port_on,
+                            stop_all, wait_for)
 
 # The peers are installed by the test command: missing ones fail the run, never skip it.
 assert DNSMASQ and SMTP_SINK, "dnsmasq and Postfix's smtp-sink are needed (tools/install-deps.sh test)"
@@ -46,6 +46,8 @@ IP = {
     "loop": "127.0.0.12",
     "sink": "127.0.0.13",
     "servfail": "127.0.0.14",
+    "tarpit": "127.0.0.15",
+    "tarpit_next": "127.0.0.16",
 }
 SHARED_DOMAINS = [f"d{i}.test" for i in range(10)]
 SENDER = "sender@s.test"
@@ -81,6 +83,13 @@ def zone():
         f"--host-record=mx.loop.test,{IP['loop']}",
         "--mx-host=sink.test,mx.sink.test,10",
         f"--host-record=mx.sink.test,{IP['sink']}",
+        # An MX that accepts and never greets, with a working MX behind it, and alone.
+        "--mx-host=tarpit.test,mx1.tarpit.test,10",
+        "--mx-host=tarpit.test,mx2.tarpit.test,20",
+        f"--host-record=mx1.tarpit.test,{IP['tarpit']}",
+        f"--host-record=mx2.tarpit.test,{IP['tarpit_next']}",
+        "--mx-host=mute.test,mx.mute.test,10",
+        f"--host-record=mx.mute.test,{IP['tarpit']}",
     ]
     z += [f"--mx-host={d},mx.shared.test,10" for d in SHARED_DOMAINS]
     return z
@@ -365,6 +374,38 @@ def test_smtp_sink_hard_reject_bounces_with_one_dsn(net, helpers):
     assert sorted(fields(b)["final-recipient"].split(";")[1].strip() for b in per_rcpt) == [
         "hank@sink.test", "ivy@sink.test"]
     assert all(fields(b)["status"].strip() == "5.3.0" for b in per_rcpt)
+
+
+def test_mx_that_never_greets_fails_like_a_refused_connection(net, helpers):
+    """A host that accepts and never greets times out at the greeting and counts as failed:
+    the next MX takes the mail (RFC 5321 §5.1); with no other MX the mail is deferred and ends
+    at its lifetime with a DSN, never held by the silent host."""
+    tarpit = Tarpit(IP["tarpit"], net.port).start()
+    net.peers.append(tarpit)
+    behind = net.capture("tarpit_next")
+    sender_mx = net.capture("sender")
+    # The greeting timeout: 5 min (RFC 5321 §4.5.3.2) at 1 %, 3 s.
+    d = net.daemon("--outbound-timeout-percent", "1", "--max-queue-lifetime", "5s")
+    fid, fcontent = send(d, helpers, ["kim@tarpit.test"], "tarpit-fallback")
+    mid, _ = send(d, helpers, ["lee@mute.test"], "tarpit-alone")
+
+    env = wait_envelopes(behind, 1)[0]
+    check_delivered_body(helpers, env, fcontent, fid)
+    line = wait_status(d, fid, 0, "delivered")
+    assert line["relay"] == f"mx2.tarpit.test[{IP['tarpit_next']}]", line
+    wait_states(d, fid, ["delivered"])
+
+    line = wait_status(d, mid, 0, "deferred")
+    assert "timed out" in line["reply"], line
+    wait_for(lambda: rcpt_states(d, mid) in (["expired"], ["bounced"]),
+             f"{mid} expired (now {rcpt_states(d, mid)})", timeout=30)
+    env = wait_envelopes(sender_mx, 1)[0]
+    check_dsn_envelope(env)
+    _, _, per_rcpt, original = dsn_of(env)
+    f = fields(per_rcpt[0])
+    assert f["action"].strip() == "failed" and f["status"].strip().startswith("4."), f
+    assert "Message-ID: <tarpit-alone@client.test>" in original
+    assert tarpit.accepted >= 2  # both domains went there first
 
 
 # --- DSNs ----------------------------------------------------------------------------------
