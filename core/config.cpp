@@ -162,7 +162,9 @@ int parse_config(int argc, char** argv, Config& c) {
                    "entries of each core-to-core channel (power of two)")
         ->capture_default_str()
         ->check(CLI::Range(limits::channel_capacity_min, limits::channel_capacity_max));
-    app.add_option("--segment-size", c.segment_bytes, "bytes preallocated per spool segment")
+    app.add_option("--segment-size", c.segment_bytes,
+                   "bytes preallocated per spool segment (halved, down to 1 MiB, while the disk "
+                   "has less room)")
         ->capture_default_str()
         ->check(CLI::Range(limits::segment_bytes_min, limits::segment_bytes_max));
     app.add_option("--staging-memory", c.staging_memory_max_bytes,

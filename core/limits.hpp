@@ -75,7 +75,8 @@ inline constexpr size_t outcome_text_max_bytes = 300;  // remote reply kept per 
 
 // --- Spool -----------------------------------------------------------------------------------
 inline constexpr uint64_t segment_bytes_default = 64ull << 20;
-// The floor of --segment-size.
+// The floor of --segment-size, and of a segment shrunk to fit a nearly full disk: where not
+// even this fits, the disk is full (452 4.3.1).
 inline constexpr uint64_t segment_bytes_min = 1ull << 20;
 // Recovery reads a segment whole into memory.
 inline constexpr uint64_t segment_bytes_max = 4ull << 30;
