@@ -80,6 +80,8 @@ BAD = [
     (["--outbound-tls", "sometimes"], "--outbound-tls"),
     (["--log-level", "loud"], "--log-level"),
     (["--threads", "-1"], "--threads"),
+    (["--tls-cert", "missing-cert.pem", "--tls-key", "missing-key.pem"], "--tls-cert"),
+    (["--tls-cert", "missing-cert.pem"], "--tls-cert"),
 ]
 
 
