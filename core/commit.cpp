@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -45,6 +46,15 @@ const char* zeros() {
 }
 
 }  // namespace
+
+uint64_t segment_bytes_after_enospc(uint64_t failed_bytes, uint64_t free_bytes) {
+    constexpr uint64_t floor = limits::segment_bytes_min;
+    if (failed_bytes <= floor) return 0;
+    uint64_t bytes = std::max(failed_bytes / 2, floor);
+    while (bytes > floor && bytes > free_bytes / 2)
+        bytes = std::max(bytes / 2, floor);
+    return bytes;
+}
 
 Committer::Committer(Reactor& reactor, const Config& config, uint32_t core, Queue& queue)
     : reactor_(reactor),
@@ -168,6 +178,7 @@ void Committer::prep_step(int res) {
             return;
         }
         case Prep::allocating: {
+            if ((res == -ENOSPC || res == -EDQUOT) && shrink_next()) return;
             if (res < 0) break;
             // Write zeros over the whole segment. fallocate alone leaves "unwritten" extents, and
             // then every fdatasync must also commit the journal entry that converts them: about
@@ -196,7 +207,7 @@ void Committer::prep_step(int res) {
             h.salt = salt_;
             h.created_unix_us = realtime_us();
             size_t n = spool::encode_segment_header(h, header_buf_);
-            next_.offset = n;
+            next_.start = next_.offset = n;
             prep_ = Prep::finishing;
             // header write → fsync(file) → fsync(dir), linked: the segment exists durably, with
             // its size, before any record that a 250 depends on is written into it.
@@ -217,8 +228,13 @@ void Committer::prep_step(int res) {
             prep_ = Prep::ready;
             stats_.segments++;
             if (segment_listener_) segment_listener_(segment_listener_ctx_, next_.seq);
-            LOG_DEBUG("segment %s ready (%llu bytes)", prep_path_.c_str(),
-                      static_cast<unsigned long long>(next_.size));
+            if (next_.size < config_.segment_bytes)
+                LOG_WARN("spool disk nearly full: segment %s made with %llu bytes instead of %llu",
+                         prep_path_.c_str(), static_cast<unsigned long long>(next_.size),
+                         static_cast<unsigned long long>(config_.segment_bytes));
+            else
+                LOG_DEBUG("segment %s ready (%llu bytes)", prep_path_.c_str(),
+                          static_cast<unsigned long long>(next_.size));
             return;
         default:
             RM_ASSERT(false);
@@ -232,6 +248,24 @@ void Committer::prep_step(int res) {
     next_.fd = -1;
     prep_ = Prep::failed;
     prep_retry_after_us_ = now_us_ + 1000000;
+}
+
+// fallocate found no room for next_.size bytes: try a smaller segment rather than refuse
+// every message while the disk still has room for thousands. False when even the floor did
+// not fit (the disk is full: 452 4.3.1 until a later try finds room).
+bool Committer::shrink_next() {
+    struct statvfs vfs {};
+    const uint64_t free_bytes =
+        fstatvfs(next_.fd, &vfs) == 0 ? uint64_t{vfs.f_bavail} * vfs.f_frsize : 0;
+    const uint64_t bytes = segment_bytes_after_enospc(next_.size, free_bytes);
+    if (bytes == 0) return false;
+    // A failed fallocate may keep the blocks it got (ext4 does): give them back before asking
+    // for fewer. Blocking, on this rare path only; the file is still empty.
+    if (ftruncate(next_.fd, 0) != 0) return false;
+    next_.size = bytes;
+    io_uring_sqe* s = reactor_.sqe(prep_op_);
+    io_uring_prep_fallocate(s, next_.fd, 0, 0, static_cast<off_t>(next_.size));
+    return true;
 }
 
 // Make the prepared segment current. False when none is ready.
@@ -281,6 +315,16 @@ void Committer::fail_pending(smtp::CommitResult r) {
     pending_.clear();
 }
 
+// The head of the queue cannot be placed now: it alone gets r, the others stay.
+void Committer::fail_head(smtp::CommitResult r) {
+    CommitWaiter* w = pending_.front();
+    pending_.erase(pending_.begin());
+    w->builder.reset();
+    w->sealed = false;
+    stats_.failed++;
+    w->commit_finished(r);
+}
+
 void Committer::append_status(const spool::Status& st) {
     size_t at = statuses_.size();
     statuses_.resize(at + spool::status_record_max_bytes);
@@ -326,10 +370,17 @@ void Committer::start_batch() {
         }
         placed = !b.waiters.empty() || status_bytes > 0;
         if (placed || first == pending_.size()) break;
+        if (current_.offset == current_.start && current_.size < config_.segment_bytes) {
+            // Not even an empty segment holds the head: one shrunk for a nearly full disk.
+            // That message is refused as for a full disk; the ones after it may fit.
+            fail_head(smtp::CommitResult::no_space);
+            continue;
+        }
         // The head does not fit what is left of this segment: move to the next one.
         if (!rotate()) break;
     }
     if (!placed) {
+        if (pending_.empty()) return;  // the only messages were refused above
         // No segment can take the head message now.
         if (prep_ == Prep::failed) {
             smtp::CommitResult r = prep_errno_ == ENOSPC || prep_errno_ == EDQUOT

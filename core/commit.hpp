@@ -13,7 +13,9 @@
 //
 // Segments are created ahead of need through the ring (openat, fallocate, zero fill, header
 // write, fsync of file and directory), so running out of disk space is found before any 250: a
-// message that cannot be placed gets 452 4.3.1 and the next message tries again. A write or
+// message that cannot be placed gets 452 4.3.1 and the next message tries again. A disk with
+// less room than --segment-size gets smaller segments (segment_bytes_after_enospc); only when
+// not even limits::segment_bytes_min fits is the disk full. A write or
 // fdatasync error fences the segment for good (no retry-then-succeed on the same file, the lesson
 // of "fsyncgate") and the batch gets 451 4.3.0.
 #pragma once
@@ -52,6 +54,12 @@ class CommitWaiter {
   protected:
     ~CommitWaiter() = default;
 };
+
+// The size of segment to try after fallocate of failed_bytes ran out of space, with
+// free_bytes free on the file system: half of what failed, and no more than half of what is
+// free, so that this core's next segment and the other cores' find room too; never below
+// limits::segment_bytes_min. 0 when failed_bytes was already that floor: the disk is full.
+[[nodiscard]] uint64_t segment_bytes_after_enospc(uint64_t failed_bytes, uint64_t free_bytes);
 
 struct CommitStats {
     uint64_t commits = 0;   // fdatasyncs of message batches
@@ -126,6 +134,7 @@ class Committer {
         int fd = -1;
         uint64_t seq = 0;
         uint64_t size = 0;    // preallocated bytes
+        uint64_t start = 0;   // where the first record goes (after the segment header)
         uint64_t offset = 0;  // end of the written records
         bool fenced = false;
     };
@@ -158,6 +167,8 @@ class Committer {
     void finish_batch(Batch& b);
     void close_segment_fd(int fd);
     void fail_pending(smtp::CommitResult r);
+    void fail_head(smtp::CommitResult r);
+    [[nodiscard]] bool shrink_next();
     bool rotate();
     void prepare_next();
     void prep_step(int res);

@@ -1,13 +1,17 @@
 // config.cpp — flags with CLI11; --config FILE takes the same keys as "key = value" lines.
 #include "core/config.hpp"
 
+#include "core/engine.hpp"
 #include "core/scheduler.hpp"
 #include "dns/destination.hpp"
 
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <charconv>
+#include <cstdarg>
 
 namespace ringmail {
 namespace {
@@ -20,6 +24,11 @@ bool parse_listen(const std::string& text, ListenAddress& out) {
     if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
         host = host.substr(1, host.size() - 2);
     if (host.empty()) host = "0.0.0.0";
+    // Only numeric addresses: the listener binds with inet_pton, and a name would fail there,
+    // after recovery, rather than here.
+    unsigned char bin[16];
+    if (inet_pton(AF_INET, host.c_str(), bin) != 1 && inet_pton(AF_INET6, host.c_str(), bin) != 1)
+        return false;
     unsigned port = 0;
     auto p = text.data() + colon + 1, e = text.data() + text.size();
     auto [ptr, ec] = std::from_chars(p, e, port);
@@ -29,10 +38,45 @@ bool parse_listen(const std::string& text, ListenAddress& out) {
     return true;
 }
 
+}  // namespace
+
+bool hostname_ok(std::string_view name) {
+    if (name.empty() || name.size() > limits::domain_max_bytes) return false;
+    size_t label = 0;  // bytes of the label being read
+    char prev = '.';
+    for (const char ch : name) {
+        if (ch == '.') {
+            if (label == 0 || prev == '-') return false;
+            label = 0;
+        } else {
+            const bool ldh = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                             (ch >= '0' && ch <= '9') || ch == '-';
+            if (!ldh || (label == 0 && ch == '-') || ++label > limits::domain_label_max_bytes)
+                return false;
+        }
+        prev = ch;
+    }
+    return label > 0 && prev != '-';
+}
+
+namespace {
+
 std::string default_hostname() {
     char buf[256] = {};
     if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == 0) return "localhost";
     return buf;
+}
+
+// A value the code after start cannot live with: one line on stderr, exit code 2.
+int refuse(const char* format, ...) __attribute__((format(printf, 1, 2)));
+int refuse(const char* format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    fputs("ringmail: ", stderr);
+    vfprintf(stderr, format, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 3;
 }
 
 }  // namespace
@@ -41,6 +85,10 @@ int parse_config(int argc, char** argv, Config& c) {
     CLI::App app{"ringmail — a durable, thread-per-core mail relay on io_uring"};
     app.set_config("--config", "", "read flags from FILE (key = value lines)");
     app.get_formatter()->column_width(44);
+    // One line, and the caller exits 2: a usage error is not a crash.
+    app.failure_message([](const CLI::App*, const CLI::Error& e) {
+        return std::string("ringmail: ") + e.what() + "\n";
+    });
 
     std::vector<std::string> listen{"127.0.0.1:2525"};
     std::vector<std::string> networks{"127.0.0.0/8", "::1/128"};
@@ -48,9 +96,12 @@ int parse_config(int argc, char** argv, Config& c) {
         ->capture_default_str()
         ->delimiter(',');
     app.add_option("--threads", c.threads, "reactor threads, one per core (0: online CPUs)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(0u, limits::threads_max));
     app.add_option("--spool-dir", c.spool_dir, "spool directory")->capture_default_str();
-    app.add_option("--hostname", c.hostname, "name in the greeting and Received headers")
+    app.add_option("--hostname", c.hostname,
+                   "name in the greeting and Received headers (a domain name: labels of "
+                   "letters, digits and hyphens, 1-63 octets each, 255 in all)")
         ->default_str("the host name");
     app.add_option("--relay-networks", networks, "client networks that may relay anywhere")
         ->capture_default_str()
@@ -60,11 +111,11 @@ int parse_config(int argc, char** argv, Config& c) {
         ->delimiter(',');
     app.add_option("--max-recipients", c.recipients_max, "recipients per message")
         ->capture_default_str()
-        ->check(CLI::Range(limits::rfc_recipients_min, 1000000u));
+        ->check(CLI::Range(limits::rfc_recipients_min, limits::recipients_max_max));
     app.add_option("--max-message-size", c.message_size_max_bytes,
                    "bytes per message (advertised in SIZE)")
         ->capture_default_str()
-        ->check(CLI::Range(uint64_t{1024}, uint64_t{1} << 34));
+        ->check(CLI::Range(limits::message_size_max_bytes_min, limits::message_size_max_bytes_max));
     app.add_option("--max-connections", c.connections_max,
                    "connections in all (split over threads)")
         ->capture_default_str()
@@ -75,19 +126,22 @@ int parse_config(int argc, char** argv, Config& c) {
         ->check(CLI::Range(1u, 10000000u));
     app.add_option("--max-junk-commands", c.junk_commands_max,
                    "bad or unknown commands before 421 and disconnect")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(0u, 1000000u));
     app.add_option("--timeout-command-ms", c.timeout_command_ms, "idle time waiting for a command")
         ->capture_default_str()
-        ->check(CLI::Range(10u, 86400000u));
+        ->check(CLI::Range(limits::timeout_ms_min, limits::timeout_ms_max));
     app.add_option("--timeout-data-ms", c.timeout_data_ms, "idle time inside DATA/BDAT")
         ->capture_default_str()
-        ->check(CLI::Range(10u, 86400000u));
+        ->check(CLI::Range(limits::timeout_ms_min, limits::timeout_ms_max));
     app.add_option("--greet-delay-ms", c.greet_delay_ms,
                    "greeting delay for clients outside relay networks; talking first is refused")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(0u, limits::greet_delay_ms_max));
     app.add_option("--commit-window-us", c.commit_window_us,
                    "extra wait to grow a commit batch (0: commit as soon as the disk is free)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(0u, limits::commit_window_us_max));
     app.add_option("--commit-depth", c.commit_depth,
                    "group commits (write + fdatasync) in flight per thread; a new batch starts "
                    "while earlier ones sync, answers stay in order")
@@ -95,21 +149,24 @@ int parse_config(int argc, char** argv, Config& c) {
         ->check(CLI::Range(1u, limits::commit_depth_max));
     app.add_option("--ring-entries", c.ring_entries, "io_uring submission entries per thread")
         ->capture_default_str()
-        ->check(CLI::Range(64u, 32768u));
+        ->check(CLI::Range(limits::ring_entries_min, limits::ring_entries_max));
     app.add_option("--recv-buffer-bytes", c.recv_buffer_bytes, "bytes per receive buffer")
         ->capture_default_str()
-        ->check(CLI::Range(static_cast<uint32_t>(limits::command_line_max_bytes), 1u << 20));
+        ->check(CLI::Range(static_cast<uint32_t>(limits::command_line_max_bytes),
+                           limits::recv_buffer_bytes_max));
     app.add_option("--recv-buffer-count", c.recv_buffer_count,
-                   "receive buffers per thread (power of two)")
+                   "receive buffers per thread (power of two; bytes x count at most 1 GiB)")
         ->capture_default_str()
-        ->check(CLI::Range(16u, 32768u));
+        ->check(CLI::Range(limits::recv_buffer_count_min, limits::recv_buffer_count_max));
     app.add_option("--channel-capacity", c.channel_capacity,
                    "entries of each core-to-core channel (power of two)")
         ->capture_default_str()
-        ->check(CLI::Range(16u, 1u << 20));
-    app.add_option("--segment-size", c.segment_bytes, "bytes preallocated per spool segment")
+        ->check(CLI::Range(limits::channel_capacity_min, limits::channel_capacity_max));
+    app.add_option("--segment-size", c.segment_bytes,
+                   "bytes preallocated per spool segment (halved, down to 1 MiB, while the disk "
+                   "has less room)")
         ->capture_default_str()
-        ->check(CLI::Range(uint64_t{1} << 20, uint64_t{1} << 36));
+        ->check(CLI::Range(limits::segment_bytes_min, limits::segment_bytes_max));
     app.add_option("--staging-memory", c.staging_memory_max_bytes,
                    "bytes per thread for message text not yet committed")
         ->capture_default_str();
@@ -118,7 +175,9 @@ int parse_config(int argc, char** argv, Config& c) {
     app.add_option("--dns-server", c.dns_servers, "DNS server IP[:PORT] (repeatable)")
         ->default_str("/etc/resolv.conf");
     app.add_option("--smarthost", c.smarthost, "send everything to HOST[:PORT] instead of MX");
-    app.add_option("--delivery-port", c.delivery_port, "port of MX hosts")->capture_default_str();
+    app.add_option("--delivery-port", c.delivery_port, "port of MX hosts")
+        ->capture_default_str()
+        ->check(CLI::Range(uint16_t{1}, uint16_t{65535}));
     app.add_option("--max-connections-per-destination", c.connections_per_destination_max,
                    "concurrent connections to one destination (MX host set)")
         ->capture_default_str()
@@ -142,14 +201,16 @@ int parse_config(int argc, char** argv, Config& c) {
         ->capture_default_str()
         ->check(CLI::Range(1u, 1000000u));
     app.add_option("--timeout-connect-ms", c.timeout_connect_ms, "outbound TCP connect")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(limits::timeout_ms_min, limits::timeout_ms_max));
     app.add_option("--outbound-timeout-percent", c.outbound_timeout_scale_percent,
                    "scale of the RFC 5321 client timeouts (100: as the RFC says)")
         ->capture_default_str()
         ->check(CLI::Range(1u, 1000u));
     app.add_option("--outbound-idle-ms", c.outbound_idle_ms,
                    "how long an idle outbound connection waits for the next message")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(limits::timeout_ms_min, limits::timeout_ms_max));
     app.add_option("--outbound-tls", c.outbound_tls,
                    "STARTTLS to destinations: may (when offered; clear after a failed "
                    "handshake), encrypt (defer rather than send in clear), none")
@@ -160,7 +221,8 @@ int parse_config(int argc, char** argv, Config& c) {
         ->capture_default_str();
     app.add_option("--max-received-headers", c.received_headers_max,
                    "Received headers beyond which a message is a loop (5.4.6)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(1u, limits::received_headers_max_max));
     app.add_flag("!--no-fsync", c.fsync,
                  "DANGEROUS, benchmarks only: answer 250 without fdatasync");
     // --- TLS and AUTH (server side) ---
@@ -194,14 +256,49 @@ int parse_config(int argc, char** argv, Config& c) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e) + 1;
+        // --help is a "parse error" of exit code 0; every other one is a usage error: 2.
+        return app.exit(e) == 0 ? 1 : 3;
     }
 
+    if (c.threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        c.threads =
+            std::clamp<uint32_t>(n > 0 ? static_cast<uint32_t>(n) : 1, 1, limits::threads_max);
+    }
     auto pow2 = [](uint32_t v) { return (v & (v - 1)) == 0; };
-    if (!pow2(c.recv_buffer_count) || !pow2(c.channel_capacity)) {
-        fprintf(stderr,
-                "ringmail: --recv-buffer-count and --channel-capacity must be powers of two\n");
-        return 3;
+    if (!pow2(c.recv_buffer_count))
+        return refuse("--recv-buffer-count %u: must be a power of two", c.recv_buffer_count);
+    if (!pow2(c.channel_capacity))
+        return refuse("--channel-capacity %u: must be a power of two", c.channel_capacity);
+    if (uint64_t{c.recv_buffer_bytes} * c.recv_buffer_count > limits::recv_buffer_memory_max_bytes)
+        return refuse(
+            "--recv-buffer-bytes x --recv-buffer-count must be at most %llu bytes "
+            "per thread",
+            static_cast<unsigned long long>(limits::recv_buffer_memory_max_bytes));
+    // Every ordered pair of cores has a channel; its slots are touched as it cycles.
+    const uint64_t channel_bytes =
+        uint64_t{c.threads} * (c.threads - 1) * c.channel_capacity * sizeof(CoreMsg);
+    if (channel_bytes > limits::channel_memory_max_bytes)
+        return refuse(
+            "--threads %u with --channel-capacity %u needs %llu bytes of channels; at "
+            "most %llu: lower one of them",
+            c.threads, c.channel_capacity, static_cast<unsigned long long>(channel_bytes),
+            static_cast<unsigned long long>(limits::channel_memory_max_bytes));
+    if (c.hostname.empty()) {
+        c.hostname = default_hostname();
+        if (!hostname_ok(c.hostname)) {
+            fprintf(stderr,
+                    "ringmail: the host name %s is not a domain name; using localhost "
+                    "(set --hostname)\n",
+                    c.hostname.c_str());
+            c.hostname = "localhost";
+        }
+    } else if (!hostname_ok(c.hostname)) {
+        // It is the greeting, the EHLO name sent to other servers and the Received "by".
+        return refuse(
+            "--hostname %.300s: expected a domain name of at most %zu octets, labels "
+            "of letters, digits and hyphens, 1-%zu octets each",
+            c.hostname.c_str(), limits::domain_max_bytes, limits::domain_label_max_bytes);
     }
     if (c.staging_memory_max_bytes < c.message_size_max_bytes + (1u << 20)) {
         fprintf(stderr, "ringmail: --staging-memory must exceed --max-message-size by 1 MiB\n");
@@ -219,20 +316,24 @@ int parse_config(int argc, char** argv, Config& c) {
         return 3;
     }
     sched::RetryPolicy rp;
-    if (!sched::parse_retry_schedule(c.retry_schedule, &rp)) {
-        fprintf(stderr, "ringmail: --retry-schedule %s: expected FIRST:MAX, e.g. 5m:1h\n",
+    if (!sched::parse_retry_schedule(c.retry_schedule, &rp) ||
+        rp.max_ms > limits::duration_max_ms) {
+        fprintf(stderr,
+                "ringmail: --retry-schedule %s: expected FIRST:MAX, e.g. 5m:1h, "
+                "0 < FIRST <= MAX <= 3650d\n",
                 c.retry_schedule.c_str());
         return 3;
     }
     if (!sched::parse_duration_ms(c.queue_lifetime, &c.queue_lifetime_ms) ||
-        c.queue_lifetime_ms == 0) {
-        fprintf(stderr, "ringmail: --max-queue-lifetime %s: expected a duration, e.g. 5d\n",
+        c.queue_lifetime_ms == 0 || c.queue_lifetime_ms > limits::duration_max_ms) {
+        fprintf(stderr,
+                "ringmail: --max-queue-lifetime %s: expected a duration up to 3650d, e.g. 5d\n",
                 c.queue_lifetime.c_str());
         return 3;
     }
     if (!sched::parse_duration_ms(c.compact_after, &c.compact_after_ms) ||
-        c.compact_after_ms == 0) {
-        fprintf(stderr, "ringmail: --compact-after %s: expected a duration, e.g. 1h\n",
+        c.compact_after_ms == 0 || c.compact_after_ms > limits::duration_max_ms) {
+        fprintf(stderr, "ringmail: --compact-after %s: expected a duration up to 3650d, e.g. 1h\n",
                 c.compact_after.c_str());
         return 3;
     }
@@ -242,13 +343,18 @@ int parse_config(int argc, char** argv, Config& c) {
                 c.smarthost.c_str());
         return 3;
     }
+    if (c.dns_servers.size() > dns::dns_servers_max)
+        return refuse("at most %zu --dns-server", dns::dns_servers_max);
+    for (const auto& d : c.dns_servers)
+        if (!dns::parse_dns_server(d))
+            return refuse("--dns-server %s: expected IP[:PORT] or [IPV6]:PORT", d.c_str());
     c.retry_first_ms = rp.first_ms;
     c.retry_max_ms = rp.max_ms;
     c.listen.clear();
     for (const auto& l : listen) {
         ListenAddress a;
         if (!parse_listen(l, a)) {
-            fprintf(stderr, "ringmail: --listen %s: expected ADDRESS:PORT\n", l.c_str());
+            fprintf(stderr, "ringmail: --listen %s: expected IP:PORT (port 1-65535)\n", l.c_str());
             return 3;
         }
         c.listen.push_back(a);
@@ -259,7 +365,7 @@ int parse_config(int argc, char** argv, Config& c) {
         for (const auto& l : *texts) {
             ListenAddress a;
             if (!parse_listen(l, a)) {
-                fprintf(stderr, "ringmail: %s: expected ADDRESS:PORT\n", l.c_str());
+                fprintf(stderr, "ringmail: %s: expected IP:PORT (port 1-65535)\n", l.c_str());
                 return 3;
             }
             a.kind = kind;
@@ -281,11 +387,6 @@ int parse_config(int argc, char** argv, Config& c) {
         return 3;
     }
     c.relay_networks = networks;
-    if (c.hostname.empty()) c.hostname = default_hostname();
-    if (c.threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        c.threads = n > 0 ? static_cast<uint32_t>(n) : 1;
-    }
     return 0;
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/limits.hpp"
@@ -80,5 +81,10 @@ struct Config {
 // Parses flags. Returns 0 to continue; otherwise the process should exit with (ret - 1)
 // (0 after --help, 2 after a usage error, which has been printed).
 [[nodiscard]] int parse_config(int argc, char** argv, Config& out);
+
+// A name this relay may go by (greeting, EHLO to other servers, Received "by"): an RFC 5321
+// §4.1.2 Domain of ASCII letters, digits and hyphens, labels of 1-63 octets not starting or
+// ending with a hyphen, 255 octets in all, no trailing dot.
+[[nodiscard]] bool hostname_ok(std::string_view name);
 
 }  // namespace ringmail

@@ -248,8 +248,9 @@ int main(int argc, char** argv) {
         std::string tls_error;
         tls_server = tls::TlsContext::server({cfg.tls_cert_file, cfg.tls_key_file}, &tls_error);
         if (!tls_server) {
-            LOG_ERROR("TLS: %s", tls_error.c_str());
-            return 1;
+            // A flag's file that does not work is a usage error, like a value out of range.
+            fprintf(stderr, "ringmail: --tls-cert/--tls-key: %s\n", tls_error.c_str());
+            return 2;
         }
         shared.tls_server = tls_server.get();
         shared.settings.starttls_available = true;
@@ -257,8 +258,8 @@ int main(int argc, char** argv) {
     if (!cfg.auth_users_file.empty()) {
         std::string auth_error;
         if (!auth_users.load_file(cfg.auth_users_file, &auth_error)) {
-            LOG_ERROR("--auth-users: %s", auth_error.c_str());
-            return 1;
+            fprintf(stderr, "ringmail: --auth-users: %s\n", auth_error.c_str());
+            return 2;
         }
         shared.auth_users = &auth_users;
         shared.settings.auth_available = true;

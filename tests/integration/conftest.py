@@ -202,7 +202,8 @@ class RawClient:
 class Daemon:
     """One ringmail process (restartable on the same port and spool)."""
 
-    def __init__(self, workdir, args, greet_delay_ms, port=None, spool_dir=None, delivery=False):
+    def __init__(self, workdir, args, greet_delay_ms, port=None, spool_dir=None, delivery=False,
+                 hostname=HOSTNAME):
         if not os.access(RINGMAIL_BIN, os.X_OK):
             pytest.fail(f"ringmail binary not found at {RINGMAIL_BIN!r} (set RINGMAIL_BIN)")
         if not os.access(SPOOL_BIN, os.X_OK):
@@ -216,6 +217,7 @@ class Daemon:
         # Delivery off unless a test asks for it: mail to test domains must never make the
         # relay ask the machine's own DNS servers (only loopback traffic is allowed here).
         self.delivery = delivery
+        self.hostname = hostname
         self.proc = None
         self.lives = 0
         self.log_path = None
@@ -224,7 +226,7 @@ class Daemon:
     # --- lifecycle ------------------------------------------------------------------------
     def command(self):
         cmd = [RINGMAIL_BIN, "--listen", f"127.0.0.1:{self.port}", "--spool-dir",
-               self.spool_dir, "--hostname", HOSTNAME]
+               self.spool_dir, "--hostname", self.hostname]
         if self.greet_delay_ms is not None:
             cmd += ["--greet-delay-ms", str(self.greet_delay_ms)]
         if not self.delivery:
@@ -377,14 +379,15 @@ class Daemon:
 
 @pytest.fixture
 def ringmail_factory(tmp_path):
-    """make(*flags, greet_delay_ms=0) → a started Daemon; all are stopped (SIGTERM, exit 0)
+    """make(*flags, greet_delay_ms=0, hostname=...) → a started Daemon; all are stopped (SIGTERM, exit 0)
     at teardown."""
     daemons = []
 
-    def make(*args, greet_delay_ms=0, spool_dir=None, delivery=False):
+    def make(*args, greet_delay_ms=0, spool_dir=None, delivery=False, hostname=HOSTNAME):
         workdir = tmp_path / f"d{len(daemons)}"
         workdir.mkdir()
-        d = Daemon(str(workdir), args, greet_delay_ms, spool_dir=spool_dir, delivery=delivery)
+        d = Daemon(str(workdir), args, greet_delay_ms, spool_dir=spool_dir, delivery=delivery,
+                   hostname=hostname)
         daemons.append(d)
         return d.start()
 

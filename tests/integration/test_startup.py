@@ -1,6 +1,6 @@
 """test_startup.py — what an operator sees when starting ringmail: --help, --config, refusing
-to share a port or a spool with another process, and a full spool disk (452 4.3.1, never a 250,
-and accepting again once space is back)."""
+to share a port or a spool with another process, a full spool disk (452 4.3.1, never a 250,
+and accepting again once space is back) and a spool disk smaller than a segment."""
 
 import os
 import smtplib
@@ -69,15 +69,30 @@ def test_second_daemon_on_the_same_spool_refuses_to_start(ringmail, helpers):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 6 MiB tmpfs (root only: the test suite runs as root)."""
+def tmpfs(tmp_path):
+    """mount(size) → a fresh tmpfs of that size (root only: the test suite runs as root),
+    unmounted at teardown."""
     if os.geteuid() != 0:
-        pytest.fail("the full-disk test mounts a tmpfs and needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+        pytest.fail("the small-disk tests mount a tmpfs and need root")
+    mounts = []
+
+    def mount(size):
+        mnt = tmp_path / f"small{len(mounts)}"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                       check=True)
+        mounts.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmpfs):
+    """A 6 MiB tmpfs."""
+    return tmpfs("6m")
 
 
 def send(d, body):
@@ -136,3 +151,34 @@ def test_full_disk_answers_452_and_recovers(ringmail_factory, small_fs, helpers)
         assert code == 452, (code, text)
         assert time.monotonic() < deadline, "still refusing mail after space came back"
     assert d.verify() == 0
+
+
+def test_disk_smaller_than_a_segment_takes_mail(ringmail_factory, tmpfs, helpers):
+    """64 MiB segments (the default) on a 16 MiB disk: the segments shrink to what fits, every
+    message gets 250 and is there after a restart."""
+    spool = tmpfs("16m") / "spool"
+    d = ringmail_factory("--threads", "2", spool_dir=str(spool))
+    body = "Subject: small disk\r\n\r\n" + ("s" * 998 + "\r\n") * 50  # 50 KB
+    acked = []
+    for i in range(60):  # 3 MB over both cores' segments
+        code, text = send(d, body)
+        assert code == 250, (i, code, text)
+        acked.append(helpers.QUEUED_TEXT_RE.search(text).group(1))
+    log = d.log_text()
+    assert "spool disk nearly full: segment" in log and "instead of 67108864" in log, log[-2000:]
+    d.restart()
+    stored = {e["id"] for e in d.spool_json()}
+    assert set(acked) <= stored, "every 250 survives the restart"
+    code, text = send(d, body)
+    assert code == 250, (code, text)
+    assert d.verify() == 0
+
+
+def test_disk_smaller_than_the_segment_floor_answers_452(ringmail_factory, tmpfs):
+    """Not even a 1 MiB segment fits: 452 4.3.1, and the relay keeps running."""
+    spool = tmpfs("512k") / "spool"
+    d = ringmail_factory("--threads", "1", spool_dir=str(spool))
+    for _ in range(2):
+        code, text = send(d, "Subject: no room\r\n\r\nhello\r\n")
+        assert code == 452 and text.startswith("4.3.1"), (code, text)
+    assert d.running()

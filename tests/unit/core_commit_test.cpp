@@ -395,5 +395,95 @@ TEST(GroupCommit, FullDiskGivesNoSpaceThenRecovers) {
     fs::remove_all(d);
 }
 
+TEST(SegmentSize, HalvesAfterNoSpaceAndKeepsHalfOfWhatIsFree) {
+    constexpr uint64_t MiB = 1 << 20;
+    constexpr uint64_t plenty = uint64_t{1} << 40;
+    // Half of what failed, even when statvfs says more is free (it counts blocks a file
+    // system cannot hand out whole).
+    EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, plenty), 32 * MiB);
+    EXPECT_EQ(segment_bytes_after_enospc(32 * MiB, plenty), 16 * MiB);
+    // At most half of what is free, so the next segment and other cores find room too.
+    EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 16 * MiB), 8 * MiB);
+    EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 17 * MiB), 8 * MiB);
+    EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 3 * MiB), 1 * MiB);
+    // Never below the floor; the floor is tried even when little is free.
+    EXPECT_EQ(segment_bytes_after_enospc(3 * MiB, plenty), 3 * MiB / 2);
+    EXPECT_EQ(segment_bytes_after_enospc(3 * MiB / 2, plenty), limits::segment_bytes_min);
+    EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 0), limits::segment_bytes_min);
+    EXPECT_EQ(segment_bytes_after_enospc(5 * MiB / 2, plenty),
+              limits::segment_bytes_min + 256 * 1024);
+    // The floor itself did not fit: the disk is full.
+    EXPECT_EQ(segment_bytes_after_enospc(limits::segment_bytes_min, plenty), 0u);
+    EXPECT_EQ(segment_bytes_after_enospc(limits::segment_bytes_min / 2, plenty), 0u);
+}
+
+uint64_t file_bytes(const fs::path& p) {
+    struct stat st {};
+    EXPECT_EQ(stat(p.c_str(), &st), 0) << p;
+    return static_cast<uint64_t>(st.st_size);
+}
+
+TEST(GroupCommit, ADiskSmallerThanASegmentGetsSmallerSegments) {
+    ASSERT_EQ(geteuid(), 0u) << "this test mounts a tmpfs and must run as root";
+    fs::path d = temp_dir();
+    ASSERT_EQ(mount("tmpfs", d.c_str(), "tmpfs", 0, "size=8m"), 0) << strerror(errno);
+    size_t ok = 0;
+    {
+        Fixture f(d, 64 << 20);  // 64 MiB segments on an 8 MiB disk
+        std::string body(100 * 1024, 'z');
+        std::vector<Waiter> ws(30);  // 3 MB: more than one shrunk segment holds
+        for (auto& w : ws) {
+            ASSERT_TRUE(f.stage(w, body));
+            f.committer->submit(&w);
+            ASSERT_TRUE(f.run_until([&] { return w.done; }));
+            EXPECT_EQ(w.result, smtp::CommitResult::ok);
+            ok += w.result == smtp::CommitResult::ok;
+        }
+        // A message larger than any segment the disk has room for: 452, and the next small
+        // one is taken again.
+        Waiter big, small;
+        ASSERT_TRUE(f.stage(big, std::string(5 << 20, 'b')));
+        ASSERT_TRUE(f.stage(small, body));
+        f.committer->submit(&big);
+        f.committer->submit(&small);
+        ASSERT_TRUE(f.run_until([&] { return big.done && small.done; }));
+        EXPECT_EQ(big.result, smtp::CommitResult::no_space);
+        EXPECT_EQ(small.result, smtp::CommitResult::ok);
+        ok += small.result == smtp::CommitResult::ok;
+        ASSERT_TRUE(f.run_until([&] { return f.committer->quiescent(); }));
+        f.committer->shutdown();
+        // Segments of differing sizes, each smaller than asked and no smaller than the floor.
+        std::vector<uint64_t> sizes;
+        for (const auto& e : fs::directory_iterator(spool::core_dir_path(f.cfg.spool_dir, 0)))
+            sizes.push_back(file_bytes(e.path()));
+        ASSERT_GE(sizes.size(), 2u);
+        for (uint64_t n : sizes) {
+            EXPECT_LT(n, uint64_t{64} << 20);
+            EXPECT_GE(n, limits::segment_bytes_min);
+        }
+        EXPECT_EQ(f.recovered().size(), ok) << "every accepted message is recovered";
+    }
+    EXPECT_EQ(umount(d.c_str()), 0);
+    fs::remove_all(d);
+}
+
+TEST(GroupCommit, ADiskSmallerThanTheFloorIsFull) {
+    ASSERT_EQ(geteuid(), 0u) << "this test mounts a tmpfs and must run as root";
+    fs::path d = temp_dir();
+    ASSERT_EQ(mount("tmpfs", d.c_str(), "tmpfs", 0, "size=512k"), 0) << strerror(errno);
+    {
+        Fixture f(d, 64 << 20);
+        Waiter w;
+        ASSERT_TRUE(f.stage(w, "tiny\r\n"));
+        f.committer->submit(&w);
+        ASSERT_TRUE(f.run_until([&] { return w.done; }));
+        EXPECT_EQ(w.result, smtp::CommitResult::no_space);
+        ASSERT_TRUE(f.run_until([&] { return f.committer->quiescent(); }));
+        f.committer->shutdown();
+    }
+    EXPECT_EQ(umount(d.c_str()), 0);
+    fs::remove_all(d);
+}
+
 }  // namespace
 }  // namespace ringmail
