@@ -210,8 +210,13 @@ void Delivery::message_committed(const QueueEntry& e, std::span<const spool::Rcp
     h.bounces.clear();
     h.dsn_busy = false;
     h.domains.clear();
-    for (const auto& r : rcpts)
+    h.addrs.clear();
+    h.addr_end.clear();
+    for (const auto& r : rcpts) {
         h.domains.push_back(intern_domain(domain_of(r.address)));
+        h.addrs.append(r.address);
+        h.addr_end.push_back(static_cast<uint32_t>(h.addrs.size()));
+    }
 }
 
 void Delivery::add_recovered(const RecoveredQueueEntry& r) {
@@ -237,9 +242,13 @@ void Delivery::add_recovered(const RecoveredQueueEntry& r) {
     h.bounces.clear();
     h.dsn_busy = false;
     h.domains.clear();
+    h.addrs.clear();
+    h.addr_end.clear();
     for (uint32_t i = 0; i < r.rcpts.size(); i++) {
         const RecoveredRcpt& rr = r.rcpts[i];
-        h.domains.push_back(intern_domain(rr.domain));
+        h.domains.push_back(intern_domain(domain_of(rr.address)));
+        h.addrs.append(rr.address);
+        h.addr_end.push_back(static_cast<uint32_t>(h.addrs.size()));
         auto st = static_cast<sched::RcptState>(rr.state);
         uint64_t next = rr.next_attempt_unix_us ? to_mono(rr.next_attempt_unix_us) : now;
         if (st != sched::RcptState::pending || rr.attempts > 0)
@@ -367,10 +376,10 @@ void Delivery::send_job(uint32_t owner, const JobMsg& j) {
 }
 
 void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::string_view text,
-                      std::string_view remote, std::string_view address, std::string_view tls) {
+                      std::string_view remote, std::string_view tls) {
     if (job.origin == core_) {
         if (table_.valid(job.ref) && table_.id(job.ref) == job.message_id)
-            apply(job.ref, rcpt, o, text, remote, address, tls);
+            apply(job.ref, rcpt, o, text, remote, tls);
         return;
     }
     OutcomeMsg m{};
@@ -382,8 +391,6 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
     text.copy(m.text, m.text_len);  // (string_view::copy: no memcpy from an empty view)
     m.remote_len = static_cast<uint8_t>(std::min(remote.size(), sizeof m.remote));
     remote.copy(m.remote, m.remote_len);
-    m.address_len = static_cast<uint16_t>(std::min(address.size(), sizeof m.address));
-    address.copy(m.address, m.address_len);
     m.tls_len = static_cast<uint8_t>(std::min(tls.size(), sizeof m.tls));
     tls.copy(m.tls, m.tls_len);
     engine_.send_outcome(job.origin, m);
@@ -392,13 +399,12 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
 void Delivery::handle_outcome(const OutcomeMsg& o) {
     if (!table_.valid(o.ref) || table_.id(o.ref) != o.message_id) return;
     apply(o.ref, o.rcpt, o.outcome, std::string_view(o.text, o.text_len),
-          std::string_view(o.remote, o.remote_len), std::string_view(o.address, o.address_len),
-          std::string_view(o.tls, o.tls_len));
+          std::string_view(o.remote, o.remote_len), std::string_view(o.tls, o.tls_len));
 }
 
 // One recipient's outcome: the table decides, the spool records it, the log says it.
 void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
-                     std::string_view remote, std::string_view address, std::string_view tls) {
+                     std::string_view remote, std::string_view tls) {
     Held& h = held_[m.index];
     uint64_t now = engine_.now_ms();
     sched::Decision d = table_.outcome(m, rcpt, o, now, random());
@@ -433,18 +439,25 @@ void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::
     } else {
         engine_.committer().append_status(st);
     }
+    log_outcome(h, rcpt, outcome_name(d.state, d.expired), st.attempts, st.at_unix_us, remote, text,
+                tls);
+    maybe_finish(m);
+}
+
+void Delivery::log_outcome(const Held& h, uint32_t rcpt, const char* status, uint32_t attempts,
+                           int64_t at_unix_us, std::string_view remote, std::string_view text,
+                           std::string_view tls) {
     char qid[16];
     smtp::format_queue_id(h.id, qid);
+    std::string_view to = address_of(h, rcpt);
     LOG_INFO(
         "delivery id=%.16s rcpt=%u to=<%.*s> domain=%s relay=%.*s status=%s attempts=%u "
         "delay=%.1fs reply=\"%.*s\" tls=%.*s",
-        qid, rcpt, static_cast<int>(address.size()), address.data(),
-        domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()), remote.data(),
-        outcome_name(d.state, d.expired), st.attempts,
-        static_cast<double>(st.at_unix_us - h.arrival_unix_us) / 1e6, static_cast<int>(text.size()),
+        qid, rcpt, static_cast<int>(to.size()), to.data(), domain_names_[h.domains[rcpt]].c_str(),
+        static_cast<int>(remote.size()), remote.data(), status, attempts,
+        static_cast<double>(at_unix_us - h.arrival_unix_us) / 1e6, static_cast<int>(text.size()),
         text.data(), tls.empty() ? 4 : static_cast<int>(tls.size()),
         tls.empty() ? "none" : tls.data());
-    maybe_finish(m);
 }
 
 // --- bounces: one DSN per message and round of attempts ------------------------------------
@@ -779,16 +792,12 @@ void Delivery::on_tick() {
     table_.expire(now, expired_);
     for (auto& [m, rcpt] : expired_) {
         Held& h = held_[m.index];
-        h.bounces.push_back(Bounce{rcpt, static_cast<uint16_t>(table_.attempts(m, rcpt)), true,
-                                   realtime_us(), "4.4.7 message expired in the queue", ""});
+        int64_t at = realtime_us();
+        h.bounces.push_back(Bounce{rcpt, static_cast<uint16_t>(table_.attempts(m, rcpt)), true, at,
+                                   "4.4.7 message expired in the queue", ""});
         stats_.expired++;
-        char qid[16];
-        smtp::format_queue_id(h.id, qid);
-        LOG_INFO(
-            "delivery id=%.16s rcpt=%u domain=%s relay= status=expired attempts=%u "
-            "delay=%.1fs reply=\"4.4.7 message expired in the queue\"",
-            qid, rcpt, domain_names_[h.domains[rcpt]].c_str(), table_.attempts(m, rcpt),
-            static_cast<double>(realtime_us() - h.arrival_unix_us) / 1e6);
+        log_outcome(h, rcpt, "expired", table_.attempts(m, rcpt), at, "",
+                    "4.4.7 message expired in the queue", "");
         maybe_finish(m);
     }
     if (!dsn_retry_.empty()) {

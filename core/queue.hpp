@@ -21,9 +21,10 @@ struct QueueEntry {
 };
 
 // A message found by recovery, with what delivery needs to take it up again: its recipients'
-// domains and, per recipient, the state its status records left it in.
+// addresses (their domains route them; the address names them in the delivery log) and, per
+// recipient, the state its status records left it in.
 struct RecoveredRcpt {
-    std::string domain;
+    std::string address;
     uint8_t state = 0;  // 0 pending, 1 delivered, 2 bounced (sched::RcptState)
     uint16_t attempts = 0;
     int64_t next_attempt_unix_us = 0;

@@ -444,8 +444,7 @@ void OutboundConnection::run_events() {
                 std::string who = remote();
                 for (size_t i = 0; i < results.size() && i < job_.rcpt_count; i++) {
                     delivery_.report(job_, job_.rcpts[i], map_outcome(results[i].outcome),
-                                     results[i].text, who,
-                                     i < rcpts_.size() ? rcpts_[i] : std::string_view(), tls_desc_);
+                                     results[i].text, who, tls_desc_);
                 }
                 has_job_ = false;
                 sent_++;
@@ -517,8 +516,7 @@ void OutboundConnection::on_read(SpoolReader::Read* r, int err) {
 void OutboundConnection::finish_job(std::string_view why, sched::Outcome all) {
     std::string who = remote();
     for (uint32_t i = 0; i < job_.rcpt_count; i++)
-        delivery_.report(job_, job_.rcpts[i], all, why, who,
-                         i < rcpts_.size() ? rcpts_[i] : std::string_view());
+        delivery_.report(job_, job_.rcpts[i], all, why, who);
     has_job_ = false;
 }
 

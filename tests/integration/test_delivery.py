@@ -549,3 +549,57 @@ def test_more_than_50_received_headers_bounce_5_4_6(net, helpers):
     assert fields(per_rcpt[0])["status"].strip() == "5.4.6"
     wait_states(d, mid, ["bounced"])
     assert mx.snapshot() == []  # a looping message is never sent on
+
+
+# --- the delivery log ----------------------------------------------------------------------
+
+# Every `delivery` line has all of these fields, in this order, whatever decided the outcome.
+FULL_LINE_RE = re.compile(
+    r"delivery id=(?P<id>[0-9a-f]{16}) rcpt=(?P<rcpt>\d+) to=<(?P<to>[^>]*)> "
+    r"domain=(?P<domain>\S+) relay=(?P<relay>\S*) status=(?P<status>\w+) "
+    r"attempts=(?P<attempts>\d+) delay=\d+\.\ds reply=\"(?P<reply>[^\"]*)\" tls=\S+$")
+
+
+def full_lines(d, msg_id):
+    out = []
+    for line in d.log_text().splitlines():
+        if f"delivery id={msg_id} " in line:
+            m = FULL_LINE_RE.search(line)
+            assert m, f"delivery line without every field: {line}"
+            out.append(m.groupdict())
+    return out
+
+
+def test_every_delivery_line_names_its_recipient(net, helpers):
+    """Outcomes decided without a remote reply (NXDOMAIN, a dead destination, expiry, a mail
+    loop) name the recipient like the others, never `to=<>` (which reads as the null sender)."""
+    net.capture("sender")
+    net.capture("loop")
+    d = net.daemon("--max-queue-lifetime", "4s")
+    hops = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 1 Jan 2024 00:00:00"
+                   f" +0000\r\n" for i in range(51))
+    nx, _ = send(d, helpers, ["Nora@nosuch.test"], "name-nx")
+    down, _ = send(d, helpers, ["dan@down.test", "dora@down.test"], "name-down")
+    loop, _ = send(d, helpers, ["lou@loop.test"], "name-loop", extra_headers=hops)
+
+    wait_status(d, nx, 0, "bounced")
+    wait_status(d, loop, 0, "bounced")
+    wait_status(d, down, 0, "deferred")
+    wait_status(d, down, 1, "deferred")
+    wait_status(d, down, 0, "expired", timeout=20)
+    wait_status(d, down, 1, "expired", timeout=20)
+
+    want = {(nx, 0): "Nora@nosuch.test", (loop, 0): "lou@loop.test",
+            (down, 0): "dan@down.test", (down, 1): "dora@down.test"}
+    seen = set()
+    for mid in (nx, down, loop):
+        lines = full_lines(d, mid)
+        assert lines, mid
+        for x in lines:
+            assert x["to"] == want[(mid, int(x["rcpt"]))], x
+            assert x["domain"] == want[(mid, int(x["rcpt"]))].split("@")[1].lower(), x
+            seen.add((mid, x["status"]))
+    assert {(nx, "bounced"), (loop, "bounced"), (down, "deferred"), (down, "expired")} <= seen
+    expired = [x for x in full_lines(d, down) if x["status"] == "expired"]
+    assert len(expired) == 2 and all("4.4.7" in x["reply"] for x in expired), expired
+
