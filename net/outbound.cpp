@@ -442,10 +442,23 @@ void OutboundConnection::run_events() {
             case smtp::ClientEvent::transaction_done: {
                 auto results = session_.results();
                 std::string who = remote();
+                // Recipients past the server's limit (RFC 5321 §4.5.3.1.10) were not tried:
+                // they go into the next transaction at once, at the head of the destination's
+                // queue, using no attempt and waiting no retry interval.
+                JobMsg rest = job_;
+                rest.rcpt_count = 0;
                 for (size_t i = 0; i < results.size() && i < job_.rcpt_count; i++) {
+                    if (results[i].outcome == smtp::RcptOutcome::deferred_too_many) {
+                        rest.rcpts[rest.rcpt_count++] = job_.rcpts[i];
+                        continue;
+                    }
                     delivery_.report(job_, job_.rcpts[i], map_outcome(results[i].outcome),
                                      results[i].text, who, tls_desc_);
                 }
+                // The session settles every recipient before the transaction ends, and the
+                // server took at least one of them before saying "too many", so each round
+                // is smaller than the last.
+                if (rest.rcpt_count > 0) dest_->queue.push_front(rest);
                 has_job_ = false;
                 sent_++;
                 delivery_.stats_mut().transactions++;

@@ -46,6 +46,7 @@ IP = {
     "loop": "127.0.0.12",
     "sink": "127.0.0.13",
     "servfail": "127.0.0.14",
+    "limited": "127.0.0.15",
 }
 SHARED_DOMAINS = [f"d{i}.test" for i in range(10)]
 SENDER = "sender@s.test"
@@ -81,6 +82,8 @@ def zone():
         f"--host-record=mx.loop.test,{IP['loop']}",
         "--mx-host=sink.test,mx.sink.test,10",
         f"--host-record=mx.sink.test,{IP['sink']}",
+        "--mx-host=limited.test,mx.limited.test,10",
+        f"--host-record=mx.limited.test,{IP['limited']}",
     ]
     z += [f"--mx-host={d},mx.shared.test,10" for d in SHARED_DOMAINS]
     return z
@@ -115,10 +118,10 @@ class Net:
         self.peers.append(s)
         return s
 
-    def daemon(self, *flags):
+    def daemon(self, *flags, retry="1s:2s"):
         assert self.dns is not None, "delivery without the test's DNS server is forbidden here"
         return self.factory("--dns-server", f"127.0.0.1:{self.dns.port}", "--delivery-port",
-                            str(self.port), "--retry-schedule", "1s:2s", "--timeout-connect-ms",
+                            str(self.port), "--retry-schedule", retry, "--timeout-connect-ms",
                             "3000", *flags, delivery=True)
 
     def stop(self):
@@ -603,3 +606,25 @@ def test_every_delivery_line_names_its_recipient(net, helpers):
     expired = [x for x in full_lines(d, down) if x["status"] == "expired"]
     assert len(expired) == 2 and all("4.4.7" in x["reply"] for x in expired), expired
 
+
+# --- a server's recipient limit --------------------------------------------------------------
+
+def test_recipients_past_the_server_limit_go_in_the_next_transaction_at_once(net, helpers):
+    """A server that takes 3 RCPTs per transaction (452 4.5.3 after): the other recipients go
+    in the next transactions right away, without an attempt counted or a retry waited."""
+    srv = net.capture("limited", rcpt_limit=3)
+    # A long retry interval: a recipient that waited for one would not arrive in the test.
+    d = net.daemon(retry="10m:1h")
+    rcpts = [f"r{i}@limited.test" for i in range(8)]
+    mid, content = send(d, helpers, rcpts, "limited")
+    envs = wait_for(lambda: len(srv.rcpts()) >= 8 and srv.snapshot(),
+                    "8 recipients delivered", timeout=20)
+    assert sorted(srv.rcpts()) == sorted(rcpts)  # each once
+    assert [len(e.rcpts) for e in envs] == [3, 3, 2], envs
+    for e in envs:
+        check_delivered_body(helpers, e, content, mid)
+    for i in range(8):
+        line = wait_status(d, mid, i, "delivered")
+        assert line["attempts"] == 1, line
+    assert all(x["status"] == "delivered" for x in attempts_of(d, mid)), attempts_of(d, mid)
+    wait_states(d, mid, ["delivered"] * 8)
