@@ -471,10 +471,14 @@ struct Delivery::DsnRead {
 class Delivery::DsnWaiter final : public CommitWaiter {
   public:
     Delivery* owner = nullptr;
-    std::string text;       // the DSN message
-    std::string sender;     // its one recipient: the original envelope sender
-    std::string params;     // BODY=8BITMIME when the DSN quotes 8-bit headers
-    spool::RcptField rcpt;  // views into sender
+    uint64_t id = 0;              // the DSN's queue id, named in its text: the same on every try
+    sched::MessageRef ref{};      // the bounced message
+    uint64_t message_id = 0;      // its id (the slot is held until the DSN is durable)
+    std::vector<Bounce> bounces;  // whose statuses are written once the DSN is durable
+    std::string text;             // the DSN message
+    std::string sender;           // its one recipient: the original envelope sender
+    std::string params;           // BODY=8BITMIME when the DSN quotes 8-bit headers
+    spool::RcptField rcpt;        // views into sender
     uint32_t tries = 0;
     void commit_finished(smtp::CommitResult r) override {
         owner->dsn_committed(this, r == smtp::CommitResult::ok);
@@ -506,8 +510,8 @@ void Delivery::start_dsn(sched::MessageRef m) {
     reader_.read(&r->read);
 }
 
-void Delivery::write_bounce_statuses(Held& h) {
-    for (const Bounce& b : h.bounces) {
+void Delivery::write_bounce_statuses(const Held& h, const std::vector<Bounce>& bounces) {
+    for (const Bounce& b : bounces) {
         spool::Status st;
         st.message_id = h.id;
         st.rcpt = static_cast<uint16_t>(b.rcpt);
@@ -566,7 +570,7 @@ void Delivery::dsn_read(DsnRead* r, int err) {
             LOG_ERROR("bounce of %.16s: cannot read the original (%s): no DSN", qid, strerror(err));
         else
             LOG_INFO("bounce of %.16s: the sender is <>: no DSN (RFC 5321 §6.1)", qid);
-        write_bounce_statuses(h);
+        write_bounce_statuses(h, h.bounces);
         h.bounces.clear();
         maybe_finish(r->ref);
         return;
@@ -591,11 +595,14 @@ void Delivery::dsn_read(DsnRead* r, int err) {
     }
     auto w = std::make_unique<DsnWaiter>();
     w->owner = this;
+    w->id = engine_.committer().next_id();
+    w->ref = r->ref;
+    w->message_id = h.id;
     smtp::DsnInput in;
     in.reporting_mta = config_.hostname;
     in.sender = m->mail_from;
     in.queue_id = h.id;
-    in.dsn_id = engine_.committer().next_id();
+    in.dsn_id = w->id;
     in.arrival_unix_s = m->arrival_unix_us / 1000000;
     in.now_unix_s = realtime_us() / 1000000;
     in.recipients = rcpts;
@@ -608,13 +615,13 @@ void Delivery::dsn_read(DsnRead* r, int err) {
     smtp::format_queue_id(in.dsn_id, did);
     LOG_INFO("bounce of %.16s: DSN %.16s to <%s> for %zu recipient(s)", qid, did, w->sender.c_str(),
              rcpts.size());
-    // The statuses and the DSN go out in the same batch, the DSN first.
-    write_bounce_statuses(h);
+    // The bounces of this round wait with their DSN: their statuses are written once it is
+    // durable (dsn_committed); the message is held until then.
+    w->bounces = std::move(h.bounces);
     h.bounces.clear();
+    h.dsn_busy = true;
     w->tries = 0;
-    dsn_id_hint_ = in.dsn_id;
     stage_dsn(std::move(w));
-    maybe_finish(r->ref);
 }
 
 void Delivery::stage_dsn(std::unique_ptr<DsnWaiter> w) {
@@ -623,9 +630,7 @@ void Delivery::stage_dsn(std::unique_ptr<DsnWaiter> w) {
     w->rcpts = 1;
     spool::EnvelopeFields env{config_.hostname, "", "LOCAL", "", w->params, w->rcpt_view};
     Committer& c = engine_.committer();
-    uint64_t id = dsn_id_hint_ ? dsn_id_hint_ : c.next_id();
-    dsn_id_hint_ = 0;
-    if (!w->builder.begin(c.pool(), id, realtime_us(), env) || !w->builder.append(w->text)) {
+    if (!w->builder.begin(c.pool(), w->id, realtime_us(), env) || !w->builder.append(w->text)) {
         w->builder.reset();
         dsn_retry_.push_back(std::move(w));  // staging memory is short: the next tick
         return;
@@ -640,12 +645,29 @@ void Delivery::dsn_committed(DsnWaiter* w, bool ok) {
     RM_ASSERT(it != dsn_waiters_.end());
     std::unique_ptr<DsnWaiter> keep = std::move(*it);
     dsn_waiters_.erase(it);
-    if (ok) return;  // the listener has queued it for delivery like any message
-    if (++keep->tries < 5) {
+    if (!ok) {
+        // Never dropped: its recipients stay deferred in the spool (a restart bounces them
+        // again) and it is stored again, under the same id, until the spool takes it.
+        keep->tries++;
+        if (keep->tries <= 3 || keep->tries % 100 == 0) {
+            char did[16], qid[16];
+            smtp::format_queue_id(keep->id, did);
+            smtp::format_queue_id(keep->message_id, qid);
+            LOG_ERROR(
+                "bounce of %.16s: DSN %.16s to <%s> could not be stored (try %u): its %zu "
+                "recipient(s) stay deferred until it is; retrying",
+                qid, did, keep->sender.c_str(), keep->tries, keep->bounces.size());
+        }
         dsn_retry_.push_back(std::move(keep));
         return;
     }
-    LOG_ERROR("a DSN to <%s> could not be stored after 5 tries; dropped", keep->sender.c_str());
+    // The DSN is durable (the listener has queued it for delivery like any message): now the
+    // bounces it reports may be recorded, in the next batch.
+    if (!table_.valid(keep->ref) || table_.id(keep->ref) != keep->message_id) return;
+    Held& h = held_[keep->ref.index];
+    write_bounce_statuses(h, keep->bounces);
+    h.dsn_busy = false;
+    maybe_finish(keep->ref);
 }
 
 void Delivery::keep_tls_session(const std::string& host, tls::TlsResumption r) {

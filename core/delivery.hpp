@@ -195,8 +195,10 @@ class Delivery {
     uint64_t rng_;
 
     // Per message slot (parallel to the table's slots).
-    // A recipient that failed for good, waiting for its DSN (its status record is written
-    // with the DSN, so that a crash cannot leave a recorded bounce without its notice).
+    // A recipient that failed for good, waiting for its DSN. Its status record is written only
+    // once the DSN is durable (Postfix's order: the bounce message exists before the recipient
+    // is marked done), so a crash can repeat a DSN but never leave a recorded bounce without
+    // one; until then the spool still says the recipient is deferred.
     struct Bounce {
         uint32_t rcpt;
         uint16_t attempts;
@@ -220,7 +222,9 @@ class Delivery {
         std::vector<uint32_t> addr_end;
         uint32_t inflight = 0;  // recipients in an attempt
         std::vector<Bounce> bounces;
-        bool dsn_busy = false;  // the original is being read to build its DSN
+        // Its DSN is being built or stored: no other round starts, and the message stays
+        // (with the bounces of this round) until the DSN is durable.
+        bool dsn_busy = false;
     };
     [[nodiscard]] static std::string_view address_of(const Held& h, uint32_t rcpt) {
         uint32_t from = rcpt == 0 ? 0 : h.addr_end[rcpt - 1];
@@ -235,12 +239,13 @@ class Delivery {
     void maybe_finish(sched::MessageRef m);
     void start_dsn(sched::MessageRef m);
     void dsn_read(DsnRead* r, int err);
-    void write_bounce_statuses(Held& h);
+    void write_bounce_statuses(const Held& h, const std::vector<Bounce>& bounces);
     void stage_dsn(std::unique_ptr<DsnWaiter> w);
     void dsn_committed(DsnWaiter* w, bool ok);
     std::vector<std::unique_ptr<DsnWaiter>> dsn_waiters_;
-    std::vector<std::unique_ptr<DsnWaiter>> dsn_retry_;  // staging memory was short: next tick
-    uint64_t dsn_id_hint_ = 0;
+    // Staging memory was short, or the commit failed: staged again at the next tick, with the
+    // same queue id, for as long as it takes (a DSN is never dropped).
+    std::vector<std::unique_ptr<DsnWaiter>> dsn_retry_;
 
     // Segment lifecycle (spool/lifecycle.hpp): a segment whose messages are all final, and all
     // of whose older siblings are gone, is deleted.

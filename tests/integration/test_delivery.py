@@ -419,6 +419,56 @@ def test_per_recipient_5xx_gives_exactly_one_dsn_with_the_fields(net, helpers):
     assert wait_states(d, mid, ["delivered", "bounced", "bounced"])
 
 
+
+def test_dsn_is_durable_before_the_bounces_it_reports(net, helpers):
+    """Postfix's order: the DSN exists before its recipients are marked bounced. In each
+    core's spool log, a bounced recipient's status comes after the DSN that reports it, also
+    where a segment fills up between the two (small segments, big DSNs, many of them), so a
+    crash in between can repeat a DSN but never leave a bounce without one."""
+    # Nothing is deleted under the test: s.test has no MX up, so every DSN stays queued, and
+    # each message has a recipient at down.test, which stays down.
+    d = net.daemon("--max-message-size", "65536", "--segment-size", "1048576")
+    # A 40 KB header section: the DSN quotes it, so each bounce writes ~80 KB.
+    pad = "".join(f"X-Pad-{i}: {'p' * 70}\r\n" for i in range(500))
+    with d.smtp() as s:
+        for i in range(60):
+            msg = message(f"order-{i}", extra_headers=pad)
+            assert s.sendmail(SENDER, ["bad@r.test", "hold@down.test"], msg) == {}
+        s.quit()
+    ids = [e["id"] for e in d.spool_json() if e["mail_from"] == SENDER]
+    assert len(ids) == 60, ids
+    # r.test is down until every message has been tried once; then they all bounce together,
+    # so that many DSNs and bounces are being stored at once when segments fill up.
+    wait_for(lambda: all(rcpt_states(d, i) == ["deferred", "deferred"] for i in ids),
+             "every message deferred once")
+    net.capture("reject", reject={"bad@r.test": "550 5.1.1 <bad@r.test>: no such user"})
+
+    def settled():
+        by_id = d.spool_by_id()
+        if not all(by_id.get(i) and by_id[i]["rcpt_states"][0]["state"] == "bounced"
+                   for i in ids):
+            return None
+        dsns = [e for e in by_id.values() if e["mail_from"] == ""]
+        return by_id if len(dsns) >= len(ids) else None
+
+    by_id = wait_for(settled, "every message bounced with its DSN queued", timeout=60)
+    dsn_of_original = {}
+    for e in by_id.values():
+        if e["mail_from"] != "":
+            continue
+        m = re.search(rb"X-Ringmail-Queue-ID: ([0-9a-f]{16})", d.body(e["id"]))
+        assert m, e
+        assert m.group(1).decode() not in dsn_of_original, "two DSNs for one bounce"
+        dsn_of_original[m.group(1).decode()] = e
+    segments = {e["segment"] for e in dsn_of_original.values()}
+    assert len(segments) >= 3, f"the DSNs must cross segments: {segments}"
+    for i in ids:
+        dsn = dsn_of_original.get(i)
+        assert dsn is not None, f"{i} bounced without a DSN"
+        status = by_id[i]["rcpt_states"][0]
+        assert int(dsn["id"], 16) & 0xFF == int(i, 16) & 0xFF  # one core: one log
+        assert dsn["log_index"] < status["log_index"], (i, dsn, status)
+
 def test_bounce_of_a_null_sender_message_makes_no_dsn(net, helpers):
     net.capture("reject", reject={"bad1@r.test": "550 5.1.1 no such user"})
     sender_mx = net.capture("sender")
