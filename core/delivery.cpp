@@ -210,8 +210,13 @@ void Delivery::message_committed(const QueueEntry& e, std::span<const spool::Rcp
     h.bounces.clear();
     h.dsn_busy = false;
     h.domains.clear();
-    for (const auto& r : rcpts)
+    h.addrs.clear();
+    h.addr_end.clear();
+    for (const auto& r : rcpts) {
         h.domains.push_back(intern_domain(domain_of(r.address)));
+        h.addrs.append(r.address);
+        h.addr_end.push_back(static_cast<uint32_t>(h.addrs.size()));
+    }
 }
 
 void Delivery::add_recovered(const RecoveredQueueEntry& r) {
@@ -237,9 +242,13 @@ void Delivery::add_recovered(const RecoveredQueueEntry& r) {
     h.bounces.clear();
     h.dsn_busy = false;
     h.domains.clear();
+    h.addrs.clear();
+    h.addr_end.clear();
     for (uint32_t i = 0; i < r.rcpts.size(); i++) {
         const RecoveredRcpt& rr = r.rcpts[i];
-        h.domains.push_back(intern_domain(rr.domain));
+        h.domains.push_back(intern_domain(domain_of(rr.address)));
+        h.addrs.append(rr.address);
+        h.addr_end.push_back(static_cast<uint32_t>(h.addrs.size()));
         auto st = static_cast<sched::RcptState>(rr.state);
         uint64_t next = rr.next_attempt_unix_us ? to_mono(rr.next_attempt_unix_us) : now;
         if (st != sched::RcptState::pending || rr.attempts > 0)
@@ -367,10 +376,10 @@ void Delivery::send_job(uint32_t owner, const JobMsg& j) {
 }
 
 void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::string_view text,
-                      std::string_view remote, std::string_view address, std::string_view tls) {
+                      std::string_view remote, std::string_view tls) {
     if (job.origin == core_) {
         if (table_.valid(job.ref) && table_.id(job.ref) == job.message_id)
-            apply(job.ref, rcpt, o, text, remote, address, tls);
+            apply(job.ref, rcpt, o, text, remote, tls);
         return;
     }
     OutcomeMsg m{};
@@ -382,8 +391,6 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
     text.copy(m.text, m.text_len);  // (string_view::copy: no memcpy from an empty view)
     m.remote_len = static_cast<uint8_t>(std::min(remote.size(), sizeof m.remote));
     remote.copy(m.remote, m.remote_len);
-    m.address_len = static_cast<uint16_t>(std::min(address.size(), sizeof m.address));
-    address.copy(m.address, m.address_len);
     m.tls_len = static_cast<uint8_t>(std::min(tls.size(), sizeof m.tls));
     tls.copy(m.tls, m.tls_len);
     engine_.send_outcome(job.origin, m);
@@ -392,13 +399,12 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
 void Delivery::handle_outcome(const OutcomeMsg& o) {
     if (!table_.valid(o.ref) || table_.id(o.ref) != o.message_id) return;
     apply(o.ref, o.rcpt, o.outcome, std::string_view(o.text, o.text_len),
-          std::string_view(o.remote, o.remote_len), std::string_view(o.address, o.address_len),
-          std::string_view(o.tls, o.tls_len));
+          std::string_view(o.remote, o.remote_len), std::string_view(o.tls, o.tls_len));
 }
 
 // One recipient's outcome: the table decides, the spool records it, the log says it.
 void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
-                     std::string_view remote, std::string_view address, std::string_view tls) {
+                     std::string_view remote, std::string_view tls) {
     Held& h = held_[m.index];
     uint64_t now = engine_.now_ms();
     sched::Decision d = table_.outcome(m, rcpt, o, now, random());
@@ -433,18 +439,25 @@ void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::
     } else {
         engine_.committer().append_status(st);
     }
+    log_outcome(h, rcpt, outcome_name(d.state, d.expired), st.attempts, st.at_unix_us, remote, text,
+                tls);
+    maybe_finish(m);
+}
+
+void Delivery::log_outcome(const Held& h, uint32_t rcpt, const char* status, uint32_t attempts,
+                           int64_t at_unix_us, std::string_view remote, std::string_view text,
+                           std::string_view tls) {
     char qid[16];
     smtp::format_queue_id(h.id, qid);
+    std::string_view to = address_of(h, rcpt);
     LOG_INFO(
         "delivery id=%.16s rcpt=%u to=<%.*s> domain=%s relay=%.*s status=%s attempts=%u "
         "delay=%.1fs reply=\"%.*s\" tls=%.*s",
-        qid, rcpt, static_cast<int>(address.size()), address.data(),
-        domain_names_[h.domains[rcpt]].c_str(), static_cast<int>(remote.size()), remote.data(),
-        outcome_name(d.state, d.expired), st.attempts,
-        static_cast<double>(st.at_unix_us - h.arrival_unix_us) / 1e6, static_cast<int>(text.size()),
+        qid, rcpt, static_cast<int>(to.size()), to.data(), domain_names_[h.domains[rcpt]].c_str(),
+        static_cast<int>(remote.size()), remote.data(), status, attempts,
+        static_cast<double>(at_unix_us - h.arrival_unix_us) / 1e6, static_cast<int>(text.size()),
         text.data(), tls.empty() ? 4 : static_cast<int>(tls.size()),
         tls.empty() ? "none" : tls.data());
-    maybe_finish(m);
 }
 
 // --- bounces: one DSN per message and round of attempts ------------------------------------
@@ -458,10 +471,14 @@ struct Delivery::DsnRead {
 class Delivery::DsnWaiter final : public CommitWaiter {
   public:
     Delivery* owner = nullptr;
-    std::string text;       // the DSN message
-    std::string sender;     // its one recipient: the original envelope sender
-    std::string params;     // BODY=8BITMIME when the DSN quotes 8-bit headers
-    spool::RcptField rcpt;  // views into sender
+    uint64_t id = 0;              // the DSN's queue id, named in its text: the same on every try
+    sched::MessageRef ref{};      // the bounced message
+    uint64_t message_id = 0;      // its id (the slot is held until the DSN is durable)
+    std::vector<Bounce> bounces;  // whose statuses are written once the DSN is durable
+    std::string text;             // the DSN message
+    std::string sender;           // its one recipient: the original envelope sender
+    std::string params;           // BODY=8BITMIME when the DSN quotes 8-bit headers
+    spool::RcptField rcpt;        // views into sender
     uint32_t tries = 0;
     void commit_finished(smtp::CommitResult r) override {
         owner->dsn_committed(this, r == smtp::CommitResult::ok);
@@ -493,8 +510,8 @@ void Delivery::start_dsn(sched::MessageRef m) {
     reader_.read(&r->read);
 }
 
-void Delivery::write_bounce_statuses(Held& h) {
-    for (const Bounce& b : h.bounces) {
+void Delivery::write_bounce_statuses(const Held& h, const std::vector<Bounce>& bounces) {
+    for (const Bounce& b : bounces) {
         spool::Status st;
         st.message_id = h.id;
         st.rcpt = static_cast<uint16_t>(b.rcpt);
@@ -553,7 +570,7 @@ void Delivery::dsn_read(DsnRead* r, int err) {
             LOG_ERROR("bounce of %.16s: cannot read the original (%s): no DSN", qid, strerror(err));
         else
             LOG_INFO("bounce of %.16s: the sender is <>: no DSN (RFC 5321 §6.1)", qid);
-        write_bounce_statuses(h);
+        write_bounce_statuses(h, h.bounces);
         h.bounces.clear();
         maybe_finish(r->ref);
         return;
@@ -578,11 +595,14 @@ void Delivery::dsn_read(DsnRead* r, int err) {
     }
     auto w = std::make_unique<DsnWaiter>();
     w->owner = this;
+    w->id = engine_.committer().next_id();
+    w->ref = r->ref;
+    w->message_id = h.id;
     smtp::DsnInput in;
     in.reporting_mta = config_.hostname;
     in.sender = m->mail_from;
     in.queue_id = h.id;
-    in.dsn_id = engine_.committer().next_id();
+    in.dsn_id = w->id;
     in.arrival_unix_s = m->arrival_unix_us / 1000000;
     in.now_unix_s = realtime_us() / 1000000;
     in.recipients = rcpts;
@@ -595,13 +615,13 @@ void Delivery::dsn_read(DsnRead* r, int err) {
     smtp::format_queue_id(in.dsn_id, did);
     LOG_INFO("bounce of %.16s: DSN %.16s to <%s> for %zu recipient(s)", qid, did, w->sender.c_str(),
              rcpts.size());
-    // The statuses and the DSN go out in the same batch, the DSN first.
-    write_bounce_statuses(h);
+    // The bounces of this round wait with their DSN: their statuses are written once it is
+    // durable (dsn_committed); the message is held until then.
+    w->bounces = std::move(h.bounces);
     h.bounces.clear();
+    h.dsn_busy = true;
     w->tries = 0;
-    dsn_id_hint_ = in.dsn_id;
     stage_dsn(std::move(w));
-    maybe_finish(r->ref);
 }
 
 void Delivery::stage_dsn(std::unique_ptr<DsnWaiter> w) {
@@ -610,9 +630,7 @@ void Delivery::stage_dsn(std::unique_ptr<DsnWaiter> w) {
     w->rcpts = 1;
     spool::EnvelopeFields env{config_.hostname, "", "LOCAL", "", w->params, w->rcpt_view};
     Committer& c = engine_.committer();
-    uint64_t id = dsn_id_hint_ ? dsn_id_hint_ : c.next_id();
-    dsn_id_hint_ = 0;
-    if (!w->builder.begin(c.pool(), id, realtime_us(), env) || !w->builder.append(w->text)) {
+    if (!w->builder.begin(c.pool(), w->id, realtime_us(), env) || !w->builder.append(w->text)) {
         w->builder.reset();
         dsn_retry_.push_back(std::move(w));  // staging memory is short: the next tick
         return;
@@ -627,12 +645,29 @@ void Delivery::dsn_committed(DsnWaiter* w, bool ok) {
     RM_ASSERT(it != dsn_waiters_.end());
     std::unique_ptr<DsnWaiter> keep = std::move(*it);
     dsn_waiters_.erase(it);
-    if (ok) return;  // the listener has queued it for delivery like any message
-    if (++keep->tries < 5) {
+    if (!ok) {
+        // Never dropped: its recipients stay deferred in the spool (a restart bounces them
+        // again) and it is stored again, under the same id, until the spool takes it.
+        keep->tries++;
+        if (keep->tries <= 3 || keep->tries % 100 == 0) {
+            char did[16], qid[16];
+            smtp::format_queue_id(keep->id, did);
+            smtp::format_queue_id(keep->message_id, qid);
+            LOG_ERROR(
+                "bounce of %.16s: DSN %.16s to <%s> could not be stored (try %u): its %zu "
+                "recipient(s) stay deferred until it is; retrying",
+                qid, did, keep->sender.c_str(), keep->tries, keep->bounces.size());
+        }
         dsn_retry_.push_back(std::move(keep));
         return;
     }
-    LOG_ERROR("a DSN to <%s> could not be stored after 5 tries; dropped", keep->sender.c_str());
+    // The DSN is durable (the listener has queued it for delivery like any message): now the
+    // bounces it reports may be recorded, in the next batch.
+    if (!table_.valid(keep->ref) || table_.id(keep->ref) != keep->message_id) return;
+    Held& h = held_[keep->ref.index];
+    write_bounce_statuses(h, keep->bounces);
+    h.dsn_busy = false;
+    maybe_finish(keep->ref);
 }
 
 void Delivery::keep_tls_session(const std::string& host, tls::TlsResumption r) {
@@ -779,16 +814,12 @@ void Delivery::on_tick() {
     table_.expire(now, expired_);
     for (auto& [m, rcpt] : expired_) {
         Held& h = held_[m.index];
-        h.bounces.push_back(Bounce{rcpt, static_cast<uint16_t>(table_.attempts(m, rcpt)), true,
-                                   realtime_us(), "4.4.7 message expired in the queue", ""});
+        int64_t at = realtime_us();
+        h.bounces.push_back(Bounce{rcpt, static_cast<uint16_t>(table_.attempts(m, rcpt)), true, at,
+                                   "4.4.7 message expired in the queue", ""});
         stats_.expired++;
-        char qid[16];
-        smtp::format_queue_id(h.id, qid);
-        LOG_INFO(
-            "delivery id=%.16s rcpt=%u domain=%s relay= status=expired attempts=%u "
-            "delay=%.1fs reply=\"4.4.7 message expired in the queue\"",
-            qid, rcpt, domain_names_[h.domains[rcpt]].c_str(), table_.attempts(m, rcpt),
-            static_cast<double>(realtime_us() - h.arrival_unix_us) / 1e6);
+        log_outcome(h, rcpt, "expired", table_.attempts(m, rcpt), at, "",
+                    "4.4.7 message expired in the queue", "");
         maybe_finish(m);
     }
     if (!dsn_retry_.empty()) {

@@ -65,8 +65,9 @@ struct OutcomeMsg {
     char text[limits::outcome_text_max_bytes];  // "550 5.1.1 <x@y>: unknown user"
     char remote[96];                            // "mx.example.net[192.0.2.1]"
     char tls[64];                               // "TLSv1.3/TLS_AES_128_GCM_SHA256" or ""
-    uint16_t address_len;
-    char address[256];  // the recipient, for the log line (RFC 5321 paths are ≤ 256 octets)
+    // The recipient's address is not carried: the origin keeps every recipient's address, so
+    // that outcomes decided without a remote reply (DNS, a dead destination, expiry, a loop)
+    // name their recipient in the log too.
 };
 
 // --outbound-tls: STARTTLS to destinations (RFC 3207; Postfix smtp_tls_security_level).
@@ -117,7 +118,7 @@ class Delivery {
     [[nodiscard]] SpoolReader& reader() { return reader_; }
     // tls: "TLSv1.3/TLS_AES_128_GCM_SHA256" when the transaction ran inside TLS, else "".
     void report(const JobMsg& job, uint16_t rcpt_index, sched::Outcome o, std::string_view text,
-                std::string_view remote, std::string_view address = {}, std::string_view tls = {});
+                std::string_view remote, std::string_view tls = {});
     [[nodiscard]] OutboundTls tls_policy() const { return tls_policy_; }
     // This core's client TLS context; null under --outbound-tls=none.
     [[nodiscard]] const tls::TlsContext* tls_client() const { return tls_client_.get(); }
@@ -176,7 +177,7 @@ class Delivery {
     static void on_dest_resolved(void* ctx, const dns::ResolutionPtr& r);
     void send_job(uint32_t owner, const JobMsg& j);
     void apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
-               std::string_view remote, std::string_view address = {}, std::string_view tls = {});
+               std::string_view remote, std::string_view tls = {});
     void finish_message(sched::MessageRef m);
     void start_connections(Destination& d);
     void arm_dns_poll();
@@ -194,8 +195,10 @@ class Delivery {
     uint64_t rng_;
 
     // Per message slot (parallel to the table's slots).
-    // A recipient that failed for good, waiting for its DSN (its status record is written
-    // with the DSN, so that a crash cannot leave a recorded bounce without its notice).
+    // A recipient that failed for good, waiting for its DSN. Its status record is written only
+    // once the DSN is durable (Postfix's order: the bounce message exists before the recipient
+    // is marked done), so a crash can repeat a DSN but never leave a recorded bounce without
+    // one; until then the spool still says the recipient is deferred.
     struct Bounce {
         uint32_t rcpt;
         uint16_t attempts;
@@ -213,21 +216,36 @@ class Delivery {
         uint64_t id = 0;
         int64_t arrival_unix_us = 0;
         std::vector<uint32_t> domains;  // per recipient, an interned domain
-        uint32_t inflight = 0;          // recipients in an attempt
+        // Every recipient's address, end to end in one string (one allocation per message,
+        // whose capacity the slot keeps): rcpt i is [addr_end[i-1], addr_end[i]).
+        std::string addrs;
+        std::vector<uint32_t> addr_end;
+        uint32_t inflight = 0;  // recipients in an attempt
         std::vector<Bounce> bounces;
-        bool dsn_busy = false;  // the original is being read to build its DSN
+        // Its DSN is being built or stored: no other round starts, and the message stays
+        // (with the bounces of this round) until the DSN is durable.
+        bool dsn_busy = false;
     };
+    [[nodiscard]] static std::string_view address_of(const Held& h, uint32_t rcpt) {
+        uint32_t from = rcpt == 0 ? 0 : h.addr_end[rcpt - 1];
+        return std::string_view(h.addrs).substr(from, h.addr_end[rcpt] - from);
+    }
+    // One `delivery` log line: every outcome, whatever decided it, has the same fields.
+    void log_outcome(const Held& h, uint32_t rcpt, const char* status, uint32_t attempts,
+                     int64_t at_unix_us, std::string_view remote, std::string_view text,
+                     std::string_view tls);
     struct DsnRead;
     class DsnWaiter;
     void maybe_finish(sched::MessageRef m);
     void start_dsn(sched::MessageRef m);
     void dsn_read(DsnRead* r, int err);
-    void write_bounce_statuses(Held& h);
+    void write_bounce_statuses(const Held& h, const std::vector<Bounce>& bounces);
     void stage_dsn(std::unique_ptr<DsnWaiter> w);
     void dsn_committed(DsnWaiter* w, bool ok);
     std::vector<std::unique_ptr<DsnWaiter>> dsn_waiters_;
-    std::vector<std::unique_ptr<DsnWaiter>> dsn_retry_;  // staging memory was short: next tick
-    uint64_t dsn_id_hint_ = 0;
+    // Staging memory was short, or the commit failed: staged again at the next tick, with the
+    // same queue id, for as long as it takes (a DSN is never dropped).
+    std::vector<std::unique_ptr<DsnWaiter>> dsn_retry_;
 
     // Segment lifecycle (spool/lifecycle.hpp): a segment whose messages are all final, and all
     // of whose older siblings are gone, is deleted.

@@ -1,8 +1,7 @@
-// queue.hpp — the messages a core holds, indexed by where their record lives.
+// queue.hpp — where a core's messages live, as recovery and the committer hand them to delivery.
 //
-// Filled by recovery at start and by every commit after; the outbound scheduler (next step)
-// takes its work from here. Entries are small and fixed-size: the message text stays in the
-// spool segment, never in memory.
+// The message text stays in its spool segment, never in memory; delivery (core/delivery.*)
+// holds what it needs of each queued message until the message is final.
 #pragma once
 
 #include <cstdint>
@@ -21,9 +20,10 @@ struct QueueEntry {
 };
 
 // A message found by recovery, with what delivery needs to take it up again: its recipients'
-// domains and, per recipient, the state its status records left it in.
+// addresses (their domains route them; the address names them in the delivery log) and, per
+// recipient, the state its status records left it in.
 struct RecoveredRcpt {
-    std::string domain;
+    std::string address;
     uint8_t state = 0;  // 0 pending, 1 delivered, 2 bounced (sched::RcptState)
     uint16_t attempts = 0;
     int64_t next_attempt_unix_us = 0;
@@ -34,15 +34,23 @@ struct RecoveredQueueEntry {
     std::vector<RecoveredRcpt> rcpts;
 };
 
+// How many messages a core has made durable (recovered at start, then committed). Nothing per
+// message is kept here: delivery takes each message from the committer's listener (and from
+// recovery's RecoveredQueueEntry list, dropped once handed over), so a list here only grew,
+// 32 bytes per accepted message, for the life of the process.
 class Queue {
   public:
-    void reserve(size_t n) { entries_.reserve(n); }
-    void add(const QueueEntry& e) { entries_.push_back(e); }
-    [[nodiscard]] size_t size() const { return entries_.size(); }
-    [[nodiscard]] const std::vector<QueueEntry>& entries() const { return entries_; }
+    void add(const QueueEntry& e) {
+        count_++;
+        last_ = e;
+    }
+    [[nodiscard]] size_t size() const { return count_; }
+    // The last message added (for tests and logs).
+    [[nodiscard]] const QueueEntry& last() const { return last_; }
 
   private:
-    std::vector<QueueEntry> entries_;
+    size_t count_ = 0;
+    QueueEntry last_;
 };
 
 }  // namespace ringmail

@@ -133,12 +133,8 @@ bool recover(const Config& cfg, Recovered& out) {
                 RecoveredQueueEntry r;
                 r.entry = e;
                 r.arrival_unix_us = m.message->arrival_unix_us;
-                for (const auto& rc : m.message->rcpts) {
-                    size_t at = rc.address.rfind('@');
-                    r.rcpts.push_back(RecoveredRcpt{std::string(at == std::string_view::npos
-                                                                    ? std::string_view()
-                                                                    : rc.address.substr(at + 1))});
-                }
+                for (const auto& rc : m.message->rcpts)
+                    r.rcpts.push_back(RecoveredRcpt{std::string(rc.address)});
                 where[e.id] = {core, static_cast<uint32_t>(out.pending[core].size())};
                 out.pending[core].push_back(std::move(r));
             },

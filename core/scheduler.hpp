@@ -157,6 +157,13 @@ class BasicDestinationQueue {
     explicit BasicDestinationQueue(const DestinationLimits& l) : limits_(l) {}
 
     void push(const J& j) { ready_.push_back(j); }
+    // Ahead of every waiting job: the rest of a job whose transaction the server cut short.
+    void push_front(const J& j) {
+        if (head_ > 0)
+            ready_[--head_] = j;
+        else
+            ready_.insert(ready_.begin(), j);
+    }
     [[nodiscard]] size_t ready() const { return ready_.size() - head_; }
     // Whether one more connection should be opened now: work waits that the connections on
     // their way will not take, we are under the limit, and the destination is not resting.

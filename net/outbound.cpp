@@ -442,11 +442,23 @@ void OutboundConnection::run_events() {
             case smtp::ClientEvent::transaction_done: {
                 auto results = session_.results();
                 std::string who = remote();
+                // Recipients past the server's limit (RFC 5321 §4.5.3.1.10) were not tried:
+                // they go into the next transaction at once, at the head of the destination's
+                // queue, using no attempt and waiting no retry interval.
+                JobMsg rest = job_;
+                rest.rcpt_count = 0;
                 for (size_t i = 0; i < results.size() && i < job_.rcpt_count; i++) {
+                    if (results[i].outcome == smtp::RcptOutcome::deferred_too_many) {
+                        rest.rcpts[rest.rcpt_count++] = job_.rcpts[i];
+                        continue;
+                    }
                     delivery_.report(job_, job_.rcpts[i], map_outcome(results[i].outcome),
-                                     results[i].text, who,
-                                     i < rcpts_.size() ? rcpts_[i] : std::string_view(), tls_desc_);
+                                     results[i].text, who, tls_desc_);
                 }
+                // The session settles every recipient before the transaction ends, and the
+                // server took at least one of them before saying "too many", so each round
+                // is smaller than the last.
+                if (rest.rcpt_count > 0) dest_->queue.push_front(rest);
                 has_job_ = false;
                 sent_++;
                 delivery_.stats_mut().transactions++;
@@ -522,8 +534,7 @@ void OutboundConnection::on_read(SpoolReader::Read* r, int err) {
 void OutboundConnection::finish_job(std::string_view why, sched::Outcome all) {
     std::string who = remote();
     for (uint32_t i = 0; i < job_.rcpt_count; i++)
-        delivery_.report(job_, job_.rcpts[i], all, why, who,
-                         i < rcpts_.size() ? rcpts_[i] : std::string_view());
+        delivery_.report(job_, job_.rcpts[i], all, why, who);
     has_job_ = false;
 }
 

@@ -175,6 +175,7 @@ std::string json_head(const RecoveredMessage& r) {
 struct Reply {
     std::string remote;
     std::string reply;
+    uint64_t log_index = 0;  // where the status lies in its core's log (see CoreScan)
 };
 
 // What a command keeps of a message: its rendered latest copy, and a reply per recipient.
@@ -182,11 +183,15 @@ struct Entry {
     std::string head;                    // set by the command's render function
     std::vector<std::string> addresses;  // for `status` only
     std::vector<Reply> replies;
+    uint64_t log_index = 0;  // of the latest copy
 };
 
 struct CoreScan {
     MessageFold fold;
     std::unordered_map<uint64_t, Entry> entries;
+    // Records (message copies and statuses) seen so far: a record's log_index is its rank in
+    // the core's log, which tells whether one record was made durable before another.
+    uint64_t records = 0;
 };
 
 using RenderFn = std::function<void(const RecoveredMessage&, Entry&)>;
@@ -200,12 +205,14 @@ bool scan_core(const std::string& core_dir, const RenderFn& render, CoreScan& sc
         scan.fold.message(r.message->id, {r.segment_seq, r.offset, r.record_bytes}, rcpts);
         Entry& e = scan.entries[r.message->id];
         e.replies.resize(rcpts);
+        e.log_index = scan.records++;
         render(r, e);
     };
     const auto on_status = [&](const Status& st, uint64_t) {
+        const uint64_t at = scan.records++;
         if (scan.fold.status(st) != StatusEffect::changed) return;
         scan.entries[st.message_id].replies[st.rcpt] = {std::string(st.remote),
-                                                        std::string(st.reply)};
+                                                        std::string(st.reply), at};
     };
     return ringmail::spool::recover_dir(core_dir, "", on_message, on_status, stats, error);
 }
@@ -253,6 +260,7 @@ std::string json_rcpt_state(const RcptState& r, const Reply& reply) {
     if (has_status(r)) {
         out += ",\"remote\":" + json_string(reply.remote);
         out += ",\"reply\":" + json_string(reply.reply);
+        out += ",\"log_index\":" + std::to_string(reply.log_index);
     }
     return out + "}";
 }
@@ -261,6 +269,7 @@ std::string json_rcpt_state(const RcptState& r, const Reply& reply) {
 std::string json_line(const FoldedMessage& m, const Entry& e) {
     std::string out = e.head;
     out += ",\"copies\":" + std::to_string(m.copies);
+    out += ",\"log_index\":" + std::to_string(e.log_index);
     out += ",\"rcpt_states\":[";
     for (size_t i = 0; i < m.rcpts.size(); ++i) {
         if (i > 0) out += ',';

@@ -204,6 +204,10 @@ class _Handler:
         reply = self.owner.rcpt_reply(address)
         if reply is not None:
             return reply
+        limit = self.owner.rcpt_limit
+        if limit is not None and len(envelope.rcpt_tos) >= limit:
+            # RFC 5321 §4.5.3.1.10: no more recipients in this transaction.
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.append(list(rcpt_options))
         return "250 2.1.5 Ok"
@@ -252,10 +256,12 @@ class CaptureServer:
     """An SMTP server on host:port that accepts and records every message.
 
     reject: {address: "550 5.1.1 ..."} — replies for chosen RCPTs (case-insensitive);
-    data_delay_s: how long each end of DATA waits before its 250."""
+    data_delay_s: how long each end of DATA waits before its 250;
+    rcpt_limit: RCPTs accepted per transaction, the next ones get 452 4.5.3 (None: no limit)."""
 
-    def __init__(self, host, port, reject=None, name=None, data_delay_s=0.0):
+    def __init__(self, host, port, reject=None, name=None, data_delay_s=0.0, rcpt_limit=None):
         self.data_delay_s = data_delay_s
+        self.rcpt_limit = rcpt_limit
         self.host = host
         self.port = port
         self.reject = {k.lower(): v for k, v in (reject or {}).items()}

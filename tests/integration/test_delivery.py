@@ -48,6 +48,7 @@ IP = {
     "servfail": "127.0.0.14",
     "tarpit": "127.0.0.15",
     "tarpit_next": "127.0.0.16",
+    "limited": "127.0.0.17",
 }
 SHARED_DOMAINS = [f"d{i}.test" for i in range(10)]
 SENDER = "sender@s.test"
@@ -90,6 +91,8 @@ def zone():
         f"--host-record=mx2.tarpit.test,{IP['tarpit_next']}",
         "--mx-host=mute.test,mx.mute.test,10",
         f"--host-record=mx.mute.test,{IP['tarpit']}",
+        "--mx-host=limited.test,mx.limited.test,10",
+        f"--host-record=mx.limited.test,{IP['limited']}",
     ]
     z += [f"--mx-host={d},mx.shared.test,10" for d in SHARED_DOMAINS]
     return z
@@ -124,10 +127,10 @@ class Net:
         self.peers.append(s)
         return s
 
-    def daemon(self, *flags):
+    def daemon(self, *flags, retry="1s:2s"):
         assert self.dns is not None, "delivery without the test's DNS server is forbidden here"
         return self.factory("--dns-server", f"127.0.0.1:{self.dns.port}", "--delivery-port",
-                            str(self.port), "--retry-schedule", "1s:2s", "--timeout-connect-ms",
+                            str(self.port), "--retry-schedule", retry, "--timeout-connect-ms",
                             "3000", *flags, delivery=True)
 
     def stop(self):
@@ -457,6 +460,56 @@ def test_per_recipient_5xx_gives_exactly_one_dsn_with_the_fields(net, helpers):
     assert wait_states(d, mid, ["delivered", "bounced", "bounced"])
 
 
+
+def test_dsn_is_durable_before_the_bounces_it_reports(net, helpers):
+    """Postfix's order: the DSN exists before its recipients are marked bounced. In each
+    core's spool log, a bounced recipient's status comes after the DSN that reports it, also
+    where a segment fills up between the two (small segments, big DSNs, many of them), so a
+    crash in between can repeat a DSN but never leave a bounce without one."""
+    # Nothing is deleted under the test: s.test has no MX up, so every DSN stays queued, and
+    # each message has a recipient at down.test, which stays down.
+    d = net.daemon("--max-message-size", "65536", "--segment-size", "1048576")
+    # A 40 KB header section: the DSN quotes it, so each bounce writes ~80 KB.
+    pad = "".join(f"X-Pad-{i}: {'p' * 70}\r\n" for i in range(500))
+    with d.smtp() as s:
+        for i in range(60):
+            msg = message(f"order-{i}", extra_headers=pad)
+            assert s.sendmail(SENDER, ["bad@r.test", "hold@down.test"], msg) == {}
+        s.quit()
+    ids = [e["id"] for e in d.spool_json() if e["mail_from"] == SENDER]
+    assert len(ids) == 60, ids
+    # r.test is down until every message has been tried once; then they all bounce together,
+    # so that many DSNs and bounces are being stored at once when segments fill up.
+    wait_for(lambda: all(rcpt_states(d, i) == ["deferred", "deferred"] for i in ids),
+             "every message deferred once")
+    net.capture("reject", reject={"bad@r.test": "550 5.1.1 <bad@r.test>: no such user"})
+
+    def settled():
+        by_id = d.spool_by_id()
+        if not all(by_id.get(i) and by_id[i]["rcpt_states"][0]["state"] == "bounced"
+                   for i in ids):
+            return None
+        dsns = [e for e in by_id.values() if e["mail_from"] == ""]
+        return by_id if len(dsns) >= len(ids) else None
+
+    by_id = wait_for(settled, "every message bounced with its DSN queued", timeout=60)
+    dsn_of_original = {}
+    for e in by_id.values():
+        if e["mail_from"] != "":
+            continue
+        m = re.search(rb"X-Ringmail-Queue-ID: ([0-9a-f]{16})", d.body(e["id"]))
+        assert m, e
+        assert m.group(1).decode() not in dsn_of_original, "two DSNs for one bounce"
+        dsn_of_original[m.group(1).decode()] = e
+    segments = {e["segment"] for e in dsn_of_original.values()}
+    assert len(segments) >= 3, f"the DSNs must cross segments: {segments}"
+    for i in ids:
+        dsn = dsn_of_original.get(i)
+        assert dsn is not None, f"{i} bounced without a DSN"
+        status = by_id[i]["rcpt_states"][0]
+        assert int(dsn["id"], 16) & 0xFF == int(i, 16) & 0xFF  # one core: one log
+        assert dsn["log_index"] < status["log_index"], (i, dsn, status)
+
 def test_bounce_of_a_null_sender_message_makes_no_dsn(net, helpers):
     net.capture("reject", reject={"bad1@r.test": "550 5.1.1 no such user"})
     sender_mx = net.capture("sender")
@@ -590,3 +643,79 @@ def test_more_than_50_received_headers_bounce_5_4_6(net, helpers):
     assert fields(per_rcpt[0])["status"].strip() == "5.4.6"
     wait_states(d, mid, ["bounced"])
     assert mx.snapshot() == []  # a looping message is never sent on
+
+
+# --- the delivery log ----------------------------------------------------------------------
+
+# Every `delivery` line has all of these fields, in this order, whatever decided the outcome.
+FULL_LINE_RE = re.compile(
+    r"delivery id=(?P<id>[0-9a-f]{16}) rcpt=(?P<rcpt>\d+) to=<(?P<to>[^>]*)> "
+    r"domain=(?P<domain>\S+) relay=(?P<relay>\S*) status=(?P<status>\w+) "
+    r"attempts=(?P<attempts>\d+) delay=\d+\.\ds reply=\"(?P<reply>[^\"]*)\" tls=\S+$")
+
+
+def full_lines(d, msg_id):
+    out = []
+    for line in d.log_text().splitlines():
+        if f"delivery id={msg_id} " in line:
+            m = FULL_LINE_RE.search(line)
+            assert m, f"delivery line without every field: {line}"
+            out.append(m.groupdict())
+    return out
+
+
+def test_every_delivery_line_names_its_recipient(net, helpers):
+    """Outcomes decided without a remote reply (NXDOMAIN, a dead destination, expiry, a mail
+    loop) name the recipient like the others, never `to=<>` (which reads as the null sender)."""
+    net.capture("sender")
+    net.capture("loop")
+    d = net.daemon("--max-queue-lifetime", "4s")
+    hops = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 1 Jan 2024 00:00:00"
+                   f" +0000\r\n" for i in range(51))
+    nx, _ = send(d, helpers, ["Nora@nosuch.test"], "name-nx")
+    down, _ = send(d, helpers, ["dan@down.test", "dora@down.test"], "name-down")
+    loop, _ = send(d, helpers, ["lou@loop.test"], "name-loop", extra_headers=hops)
+
+    wait_status(d, nx, 0, "bounced")
+    wait_status(d, loop, 0, "bounced")
+    wait_status(d, down, 0, "deferred")
+    wait_status(d, down, 1, "deferred")
+    wait_status(d, down, 0, "expired", timeout=20)
+    wait_status(d, down, 1, "expired", timeout=20)
+
+    want = {(nx, 0): "Nora@nosuch.test", (loop, 0): "lou@loop.test",
+            (down, 0): "dan@down.test", (down, 1): "dora@down.test"}
+    seen = set()
+    for mid in (nx, down, loop):
+        lines = full_lines(d, mid)
+        assert lines, mid
+        for x in lines:
+            assert x["to"] == want[(mid, int(x["rcpt"]))], x
+            assert x["domain"] == want[(mid, int(x["rcpt"]))].split("@")[1].lower(), x
+            seen.add((mid, x["status"]))
+    assert {(nx, "bounced"), (loop, "bounced"), (down, "deferred"), (down, "expired")} <= seen
+    expired = [x for x in full_lines(d, down) if x["status"] == "expired"]
+    assert len(expired) == 2 and all("4.4.7" in x["reply"] for x in expired), expired
+
+
+# --- a server's recipient limit --------------------------------------------------------------
+
+def test_recipients_past_the_server_limit_go_in_the_next_transaction_at_once(net, helpers):
+    """A server that takes 3 RCPTs per transaction (452 4.5.3 after): the other recipients go
+    in the next transactions right away, without an attempt counted or a retry waited."""
+    srv = net.capture("limited", rcpt_limit=3)
+    # A long retry interval: a recipient that waited for one would not arrive in the test.
+    d = net.daemon(retry="10m:1h")
+    rcpts = [f"r{i}@limited.test" for i in range(8)]
+    mid, content = send(d, helpers, rcpts, "limited")
+    envs = wait_for(lambda: len(srv.rcpts()) >= 8 and srv.snapshot(),
+                    "8 recipients delivered", timeout=20)
+    assert sorted(srv.rcpts()) == sorted(rcpts)  # each once
+    assert [len(e.rcpts) for e in envs] == [3, 3, 2], envs
+    for e in envs:
+        check_delivered_body(helpers, e, content, mid)
+    for i in range(8):
+        line = wait_status(d, mid, i, "delivered")
+        assert line["attempts"] == 1, line
+    assert all(x["status"] == "delivered" for x in attempts_of(d, mid)), attempts_of(d, mid)
+    wait_states(d, mid, ["delivered"] * 8)
