@@ -45,6 +45,7 @@ Committer::Committer(Reactor& reactor, const Config& config, uint32_t core, Queu
       queue_(queue),
       pool_(limits::staging_chunk_bytes, config.staging_memory_max_bytes) {
     pending_.reserve(limits::commit_batch_messages_max);
+    failing_.reserve(limits::commit_batch_messages_max);
     depth_ = std::clamp<uint32_t>(config.commit_depth, 1, kDepthMax);
     for (uint32_t i = 0; i < kDepthMax; i++) {
         Batch& b = batches_[i];
@@ -264,13 +265,17 @@ void Committer::flush(uint64_t now_us) {
 }
 
 void Committer::fail_pending(smtp::CommitResult r) {
-    for (CommitWaiter* w : pending_) {
+    // A waiter told of its failure may submit its next message at once (a pipelining client
+    // whose next message is already received): that one waits for the next batch. Iterating
+    // pending_ itself lost it (and the session waited for its commit forever).
+    failing_.swap(pending_);
+    for (CommitWaiter* w : failing_) {
         w->builder.reset();
         w->sealed = false;
         stats_.failed++;
         w->commit_finished(r);
     }
-    pending_.clear();
+    failing_.clear();
 }
 
 void Committer::append_status(const spool::Status& st) {
