@@ -102,7 +102,6 @@ void Reactor::publish_buffers() {
 
 #else
 
-
 Reactor::~Reactor() {
     if (ring_ok_) {
         if (buf_ring_) io_uring_unregister_buf_ring(&ring_, 0);

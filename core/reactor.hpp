@@ -93,9 +93,7 @@ class Reactor {
     // For the backend: the simulated ring's identity and its provided buffers.
     void set_ring_fd(int fd) { ring_fd_ = fd; }
     [[nodiscard]] int take_buffer();  // the next provided buffer (kernel order), or -1
-    [[nodiscard]] uint32_t buffers_in_kernel() const {
-        return static_cast<uint32_t>(ring_.size());
-    }
+    [[nodiscard]] uint32_t buffers_in_kernel() const { return static_cast<uint32_t>(ring_.size()); }
     [[nodiscard]] uint32_t buffer_count() const { return buffer_count_; }
     [[nodiscard]] uint32_t buffers_recycled_unpublished() const {
         return static_cast<uint32_t>(pending_.size());

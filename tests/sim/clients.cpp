@@ -25,8 +25,8 @@ std::string random_line(Rng& rng, size_t len) {
 
 // The message content (CRLF lines), dot-stuffed for DATA into *wire.
 std::string make_content(Rng& rng, const std::string& token, size_t target) {
-    std::string c = "X-Sim-Token: " + token + "\r\nSubject: " + random_line(rng, rng.range(0, 40)) +
-                    "\r\n\r\n";
+    std::string c =
+        "X-Sim-Token: " + token + "\r\nSubject: " + random_line(rng, rng.range(0, 40)) + "\r\n\r\n";
     while (c.size() < target) {
         size_t len = rng.chance(1, 20) ? rng.range(200, 990) : rng.range(0, 78);
         std::string l = random_line(rng, len);
@@ -102,16 +102,16 @@ void World::spawn_client() {
     for (uint32_t t = 0; t < ntx; t++) {
         const int m = static_cast<int>(messages.size());
         SentMessage msg;
-        msg.token = "s" + std::to_string(opt.seed) + "c" + std::to_string(c->id) + "m" +
-                    std::to_string(m);
+        msg.token =
+            "s" + std::to_string(opt.seed) + "c" + std::to_string(c->id) + "m" + std::to_string(m);
         msg.from = r.chance(1, 10) ? "" : "sender" + std::to_string(r.below(100)) + "@sim.test";
         const uint32_t nrcpt = r.chance(1, 15) ? static_cast<uint32_t>(r.range(18, 24))
                                                : static_cast<uint32_t>(r.range(1, 4));
         for (uint32_t i = 0; i < nrcpt; i++) {
             const bool local = !trusted || r.chance(1, 2);
-            msg.rcpts.push_back("user" + std::to_string(r.below(1000)) + "@" +
-                                (local ? "example.net" : "remote" + std::to_string(r.below(9)) +
-                                                             ".test"));
+            msg.rcpts.push_back(
+                "user" + std::to_string(r.below(1000)) + "@" +
+                (local ? "example.net" : "remote" + std::to_string(r.below(9)) + ".test"));
         }
         msg.rcpt_ok.assign(nrcpt, false);
         msg.bdat = esmtp && r.chance(1, 3);
@@ -322,6 +322,7 @@ void World::client_step(Client& c) {
                 const size_t n = std::min<size_t>(room, c.write_chunk_max);
                 s->to_server.append(a.bytes, c.sent_off, n);
                 c.sent_off += n;
+                if (n > 0) c.waiting_since_us = now_us();  // still talking: not blocked
                 if (c.sent_off == a.bytes.size()) {
                     if (a.completes_msg) messages[a.msg].complete = true;
                     c.pc++;
@@ -338,8 +339,7 @@ void World::client_step(Client& c) {
     if (c.pc == c.script.size() && c.state == Client::State::running) {
         // Done talking: without a QUIT the client just closes; after one, it reads to EOF.
         const bool quit = !c.script.empty() && c.script.back().kind == Action::Kind::wait_replies &&
-                          c.script.size() >= 2 &&
-                          c.script[c.script.size() - 2].bytes == "QUIT\r\n";
+                          c.script.size() >= 2 && c.script[c.script.size() - 2].bytes == "QUIT\r\n";
         if (!quit) {
             s->client_fin = true;
             s->client_closed = true;
@@ -360,7 +360,7 @@ void World::check_patience(Client& c, const Socket& s) {
     if (!waiting || s.server_closed) return;
     if (now_us() - c.waiting_since_us >= kPatienceUs)
         throw Failure("client " + std::to_string(c.id) + " waited " +
-                      std::to_string(kPatienceUs / 1000000) + " s for the server");
+                      std::to_string(kPatienceUs / 1000000) + " s for the server" + describe());
     c.next_us = std::min(c.next_us, c.waiting_since_us + kPatienceUs);
 }
 

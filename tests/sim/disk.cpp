@@ -51,7 +51,7 @@ int Disk::open(const char* path, int flags, mode_t mode) {
             // A file that existed before this life (not created now) is durable as it is.
             const bool created = (flags & O_CREAT) && (flags & O_EXCL);
             if (!created) {
-                struct stat st{};
+                struct stat st {};
                 if (fstat(fd, &st) == 0 && st.st_size > 0) {
                     f.data.resize(static_cast<size_t>(st.st_size));
                     if (::pread(fd, f.data.data(), f.data.size(), 0) < 0) f.data.clear();

@@ -1,6 +1,7 @@
 // main.cpp — ringmail-sim, the runner of the deterministic simulator (sim.hpp).
 //
-//   ringmail-sim --seeds N [--seed S] [--steps K] [--verbose] [--no-fork] [--check-determinism]
+//   ringmail-sim --seeds N [--seed S] | --list S1,S2,... [--steps K] [--verbose] [--no-fork]
+//                [--check-determinism]
 //
 // Runs seeds S..S+N-1, each in a forked child so that an engine abort (a broken RM_ASSERT) is
 // reported with its seed instead of ending the runner; prints every failing seed with the
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "core/log.hpp"
 #include "tests/sim/sim.hpp"
@@ -32,6 +34,7 @@ struct Args {
     bool verbose = false;
     bool fork = true;
     bool determinism = false;
+    std::vector<uint64_t> list;  // --list: these seeds instead of a range
 };
 
 struct Outcome {
@@ -53,16 +56,16 @@ int run_here(const Args& a, uint64_t seed, const std::string& base) {
     std::filesystem::remove_all(o.dir);
     std::filesystem::create_directories(o.dir);
     log::set_level(log::Level::error);
+    if (const char* level = getenv("RINGMAIL_SIM_LOG")) log::set_level(level);  // e.g. debug
     sim::RunStats st;
     uint64_t digest = 0;
     int rc = 0;
     try {
         sim::run_seed(o, st, digest);
         fprintf(stderr,
-                "%sok digest=%016" PRIx64
-                " clients=%" PRIu64 " messages=%" PRIu64 " acked=%" PRIu64 " recovered=%" PRIu64
-                " unacked_recovered=%" PRIu64 " crashes=%" PRIu64 " faults=%" PRIu64
-                " steps=%" PRIu64 "\n",
+                "%sok digest=%016" PRIx64 " clients=%" PRIu64 " messages=%" PRIu64 " acked=%" PRIu64
+                " recovered=%" PRIu64 " unacked_recovered=%" PRIu64 " crashes=%" PRIu64
+                " faults=%" PRIu64 " steps=%" PRIu64 "\n",
                 kResult, digest, st.clients, st.messages_sent, st.acked, st.recovered,
                 st.unacked_recovered, st.crashes, st.faults, st.steps);
     } catch (const sim::Failure& f) {
@@ -102,8 +105,9 @@ Outcome run_forked(const Args& a, uint64_t seed, const std::string& base) {
     waitpid(pid, &status, 0);
     const size_t r = all.rfind(kResult);
     if (r != std::string::npos) {
-        size_t e = all.find('\n', r);
-        out.text = all.substr(r + strlen(kResult), e == std::string::npos ? e : e - r - strlen(kResult));
+        out.text = all.substr(r + strlen(kResult));
+        while (!out.text.empty() && out.text.back() == '\n')
+            out.text.pop_back();
         out.log = all.substr(0, r);
     } else {
         out.log = all;
@@ -126,6 +130,7 @@ Outcome run_one(const Args& a, uint64_t seed, const std::string& base) {
 }
 
 void tail(const std::string& log, size_t lines) {
+    if (log.empty()) return;
     size_t at = log.size();
     for (size_t i = 0; i <= lines && at > 0; i++)
         at = log.rfind('\n', at - 1);
@@ -157,21 +162,35 @@ int main(int argc, char** argv) {
             a.fork = false;
         else if (s == "--check-determinism")
             a.determinism = true;
-        else {
+        else if (s == "--list" && i + 1 < argc) {
+            for (const char* p = argv[++i]; *p;) {
+                char* end;
+                a.list.push_back(strtoull(p, &end, 0));
+                p = *end == ',' ? end + 1 : end;
+                if (end == p && *p) break;
+            }
+        } else {
             fprintf(stderr,
-                    "usage: ringmail-sim --seeds N [--seed S] [--steps K] [--verbose] "
-                    "[--no-fork] [--check-determinism]\n");
+                    "usage: ringmail-sim --seeds N [--seed S] | --list S1,S2,... [--steps K] "
+                    "[--verbose] [--no-fork] [--check-determinism]\n");
             return 2;
         }
     }
     signal(SIGPIPE, SIG_IGN);
-    const std::string base = (std::filesystem::temp_directory_path() /
-                              ("ringmail-sim-" + std::to_string(getpid())))
-                                 .string();
+    // glibc reports heap corruption on the terminal unless told to use stderr, which the
+    // runner captures.
+    setenv("LIBC_FATAL_STDERR_", "1", 1);
+    const std::string base =
+        (std::filesystem::temp_directory_path() / ("ringmail-sim-" + std::to_string(getpid())))
+            .string();
     std::filesystem::create_directories(base);
     const auto t0 = std::chrono::steady_clock::now();
     uint64_t failures = 0;
-    for (uint64_t seed = a.seed; seed < a.seed + a.seeds; seed++) {
+    if (a.list.empty())
+        for (uint64_t seed = a.seed; seed < a.seed + a.seeds; seed++)
+            a.list.push_back(seed);
+    a.seeds = a.list.size();
+    for (uint64_t seed : a.list) {
         Outcome o = run_one(a, seed, base);
         if (o.ok && a.determinism) {
             Outcome again = run_one(a, seed, base);

@@ -96,8 +96,8 @@ class Disk {
     int fallocate(int fd, uint64_t off, uint64_t len);
     [[nodiscard]] bool is_file(int fd) const { return fds_.count(fd) != 0; }
     [[nodiscard]] size_t open_fds() const { return fds_.size(); }
-    void crash();        // the power cut: files rewritten to what may survive, fds dropped
-    void new_epoch();    // after recovery: what is on disk now is all durable
+    void crash();               // the power cut: files rewritten to what may survive, fds dropped
+    void new_epoch();           // after recovery: what is on disk now is all durable
     uint64_t crashes_torn = 0;  // pending writes that were torn by a crash
 
   private:
@@ -241,6 +241,7 @@ class World final : public SimBackend {
     [[nodiscard]] uint64_t next_event_us() const;
     void check_iteration(Reactor& r);
     void check_baseline(Reactor& r);
+    [[nodiscard]] std::string describe() const;
     int file_fault(uint8_t opcode);
     uint64_t file_latency_us(uint8_t opcode);
 

@@ -339,8 +339,8 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
                 memcpy(reinterpret_cast<void*>(s.addr), &one, std::min<size_t>(s.len, 8));
                 return complete(op, 8, 0, out);
             }
-            return complete(op, disk.pread(s.fd, reinterpret_cast<char*>(s.addr), s.len, s.off),
-                            0, out);
+            return complete(op, disk.pread(s.fd, reinterpret_cast<char*>(s.addr), s.len, s.off), 0,
+                            out);
         }
         default:
             break;
@@ -366,8 +366,7 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
             size_t n = total;
             if (fault_rate_ppm && n > 1 && rng.below(1'000'000) < fault_rate_ppm)
                 n = rng.range(1, n - 1);
-            return complete(op, disk.pwritev(s.fd, iov, static_cast<int>(s.len), s.off, n), 0,
-                            out);
+            return complete(op, disk.pwritev(s.fd, iov, static_cast<int>(s.len), s.off, n), 0, out);
         }
         case IORING_OP_FSYNC:
             return complete(op, disk.sync(s.fd), 0, out);
@@ -473,7 +472,12 @@ uint64_t World::next_event_us() const {
 void World::wait(Reactor& r, std::vector<SimCqe>& out) {
     stats.steps++;
     if (stats.steps > opt.steps_max)
-        throw Failure("the run did not end within " + std::to_string(opt.steps_max) + " steps");
+        throw Failure("the run did not end within " + std::to_string(opt.steps_max) + " steps" +
+                      describe());
+    // Every loop iteration costs the engine some CPU time: a loop that spins (a receive
+    // re-armed while no buffer is free) lets the rest of the world move on, as it does on
+    // a real machine.
+    now_us_ += rng.range(1, 20);
     check_iteration(r);
     for (;;) {
         if (crash_index_ < crash_at_us.size() && crash_at_us[crash_index_] <= now_us_) {
@@ -502,7 +506,8 @@ void World::wait(Reactor& r, std::vector<SimCqe>& out) {
         }
         const uint64_t t = next_event_us();
         if (t == kNever)
-            throw Failure("deadlock: the engine waits and nothing in the world can wake it");
+            throw Failure("deadlock: the engine waits and nothing in the world can wake it" +
+                          describe());
         now_us_ = std::max(now_us_, t);
     }
 }
@@ -518,12 +523,45 @@ void World::check_iteration(Reactor& r) {
     if (!settled) {
         if (now_us_ > settle_deadline_us_)
             throw Failure("every client has gone, and after 400 s the engine still has " +
-                          std::to_string(e.open_connections()) + " connections open");
+                          std::to_string(e.open_connections()) + " connections open" + describe());
         return;
     }
     check_baseline(r);
     stop_requested_ = true;
     trace(0x5709);
+}
+
+// What is going on, for a failure's report.
+std::string World::describe() const {
+    std::string d = "\n  at " + std::to_string(now_us_) + " us; clients not done:";
+    for (const auto& c : clients) {
+        if (c->state == Client::State::done) continue;
+        auto it = sockets.find(c->fd);
+        d += "\n    client " + std::to_string(c->id) + " fd " + std::to_string(c->fd) + " state " +
+             std::to_string(static_cast<int>(c->state)) + " pc " + std::to_string(c->pc) + "/" +
+             std::to_string(c->script.size()) + " expects " + std::to_string(c->expects.size()) +
+             " next " + std::to_string(c->next_us);
+        if (it != sockets.end())
+            d += " sock fin " + std::to_string(it->second.client_fin) + " rst " +
+                 std::to_string(it->second.rst) + " srv_closed " +
+                 std::to_string(it->second.server_closed) + " to_server " +
+                 std::to_string(it->second.unread_by_server()) + " to_client " +
+                 std::to_string(it->second.unread_by_client());
+    }
+    d += "\n  operations in flight:";
+    for (const auto& p : ops_)
+        d += "\n    opcode " + std::to_string(p->sqe.opcode) + " fd " + std::to_string(p->sqe.fd) +
+             " state " + std::to_string(static_cast<int>(p->st)) + " ready_at " +
+             std::to_string(p->ready_at);
+    if (engine_) {
+        Committer& c = engine_->committer();
+        d += "\n  engine connections open: " + std::to_string(engine_->open_connections()) +
+             "; committer idle " + std::to_string(c.idle()) + " batches in flight " +
+             std::to_string(c.batches_inflight()) + " segment settled " +
+             std::to_string(c.segment_settled()) + " messages " +
+             std::to_string(c.stats().messages) + " failed " + std::to_string(c.stats().failed);
+    }
+    return d;
 }
 
 void World::check_baseline(Reactor& r) {
