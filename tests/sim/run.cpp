@@ -193,12 +193,18 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
     w.batch_bias = static_cast<uint32_t>(r.range(1, 4));
     if (r.chance(1, 3)) w.fault_rate_ppm = static_cast<uint32_t>(r.range(2'000, 60'000));
     if (r.chance(1, 6)) w.slow_disk_ppm = 20'000;
+    const uint64_t span = w.clients_total * (w.arrival_gap_max_us / 2 + 50'000) + 2'000'000;
     if (r.chance(1, 2)) {
-        const uint64_t span = w.clients_total * (w.arrival_gap_max_us / 2 + 50'000) + 2'000'000;
         const uint64_t n = r.range(1, 3);
         for (uint64_t i = 0; i < n; i++)
             w.crash_at_us.push_back(w.now_us() + r.range(0, span));
         std::sort(w.crash_at_us.begin(), w.crash_at_us.end());
+    }
+    if (r.chance(1, 4)) {
+        const uint64_t n = r.range(1, 2);
+        for (uint64_t i = 0; i < n; i++)
+            w.restart_at_us.push_back(w.now_us() + r.range(0, span));
+        std::sort(w.restart_at_us.begin(), w.restart_at_us.end());
     }
     w.trace(cfg.connections_max, cfg.recv_buffer_count, cfg.segment_bytes);
 
@@ -254,6 +260,7 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
         if (w.disk.open_fds() != 0)
             throw Failure(std::to_string(w.disk.open_fds()) +
                           " file descriptors left open after a graceful stop");
+        if (!w.final_stop()) continue;  // a restart: the next life takes over the spool
         if (!w.all_clients_done()) throw Failure("the engine stopped while clients were active");
         // The last check, on the spool the stopped engine left.
         Recovered last;

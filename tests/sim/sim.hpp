@@ -186,8 +186,11 @@ class World final : public SimBackend {
 
     // Set by run.cpp for each engine life.
     void begin_epoch(Engine* engine, int listen_fd, int stop_fd);
-    void end_epoch();  // the engine returned (graceful stop)
-    void crash();      // the engine was abandoned at a crash: sockets reset, disk crashed
+    void end_epoch();  // the engine returned (graceful stop): the process exits
+    // The stop that ended the engine was the last one (every client had gone, the baseline
+    // was checked), not a restart.
+    [[nodiscard]] bool final_stop() const { return baseline_checked_; }
+    void crash();  // the engine was abandoned at a crash: sockets reset, disk crashed
 
     void trace(uint64_t a, uint64_t b = 0, uint64_t c = 0);
     [[nodiscard]] uint64_t digest() const { return digest_; }
@@ -214,8 +217,9 @@ class World final : public SimBackend {
     uint32_t clients_total = 0;
     uint64_t arrival_gap_max_us = 0;
     uint64_t next_arrival_us = 0;
-    std::vector<uint64_t> crash_at_us;  // ascending
-    uint32_t fault_rate_ppm = 0;        // per file operation
+    std::vector<uint64_t> crash_at_us;    // ascending
+    std::vector<uint64_t> restart_at_us;  // graceful stops with clients connected, ascending
+    uint32_t fault_rate_ppm = 0;          // per file operation
     uint64_t slow_disk_ppm = 0;
     uint32_t batch_bias = 2;
     bool trusted_only = false;
@@ -257,6 +261,7 @@ class World final : public SimBackend {
     bool baseline_checked_ = false;
     int next_fd_ = kSimFdBase;
     size_t crash_index_ = 0;
+    size_t restart_index_ = 0;
 
   public:
     int new_fd() { return next_fd_++; }

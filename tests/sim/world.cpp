@@ -68,7 +68,17 @@ void World::begin_epoch(Engine* engine, int listen_fd, int stop_fd) {
     baseline_checked_ = false;
 }
 
+// The process exits after a graceful stop: the kernel closes whatever it still held (the
+// engine gives up on connections still open after its grace period), and connections waiting
+// in the listener's backlog are reset.
 void World::end_epoch() {
+    for (auto& [fd, s] : sockets) {
+        if (s.server_closed) continue;
+        s.server_closed = true;
+        if (s.unread_by_server() > 0) s.rst = true;  // unread data: the kernel resets
+        if (clients[s.client]->state != Client::State::done) wake_client(s.client, 1);
+    }
+    backlog.clear();
     engine_ = nullptr;
 }
 
@@ -466,6 +476,8 @@ uint64_t World::next_event_us() const {
         if (c->state != Client::State::done) t = std::min(t, c->next_us);
     if (clients.size() < clients_total) t = std::min(t, next_arrival_us);
     if (crash_index_ < crash_at_us.size()) t = std::min(t, crash_at_us[crash_index_]);
+    if (restart_index_ < restart_at_us.size() && !stop_requested_)
+        t = std::min(t, restart_at_us[restart_index_]);
     return t;
 }
 
@@ -483,6 +495,12 @@ void World::wait(Reactor& r, std::vector<SimCqe>& out) {
         if (crash_index_ < crash_at_us.size() && crash_at_us[crash_index_] <= now_us_) {
             crash_index_++;
             throw Crash{};
+        }
+        if (restart_index_ < restart_at_us.size() && restart_at_us[restart_index_] <= now_us_ &&
+            !stop_requested_) {
+            restart_index_++;
+            stop_requested_ = true;  // the stop read completes: a graceful stop, clients or not
+            trace(0x4e57);
         }
         run_clients();
         std::vector<Op*> ready_ops;
@@ -516,7 +534,8 @@ void World::wait(Reactor& r, std::vector<SimCqe>& out) {
 // engine must come back to its baseline, then it is asked to stop.
 void World::check_iteration(Reactor& r) {
     if (engine_ == nullptr || stop_requested_ || !all_clients_done()) return;
-    if (crash_index_ < crash_at_us.size()) return;  // a crash is still to come
+    // A crash or a restart is still to come.
+    if (crash_index_ < crash_at_us.size() || restart_index_ < restart_at_us.size()) return;
     if (settle_deadline_us_ == 0) settle_deadline_us_ = now_us_ + 400ull * 1000 * 1000;
     Engine& e = *engine_;
     const bool settled = e.open_connections() == 0 && e.committer().idle() && backlog.empty();
