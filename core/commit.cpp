@@ -14,24 +14,16 @@
 #include <ctime>
 
 #include "core/log.hpp"
+#include "core/sim_hooks.hpp"
 #include "spool/recovery.hpp"
 #include "spool/status.hpp"
 
 namespace ringmail {
 namespace {
 
-uint64_t random_u64() {
-    uint64_t v = 0;
-    while (getrandom(&v, sizeof v, 0) != sizeof v) {
-    }
-    return v;
-}
-
-int64_t realtime_us() {
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return int64_t{ts.tv_sec} * 1000000 + ts.tv_nsec / 1000;
-}
+// The seed decides these in sim builds (core/sim_hooks.hpp).
+using sys::random_u64;
+using sys::realtime_us;
 
 // Each writev carries at most this many iovecs (IOV_MAX is 1024 on Linux).
 constexpr size_t kIovPerWrite = 1024;
@@ -63,6 +55,7 @@ Committer::Committer(Reactor& reactor, const Config& config, uint32_t core, Queu
       queue_(queue),
       pool_(limits::staging_chunk_bytes, config.staging_memory_max_bytes) {
     pending_.reserve(limits::commit_batch_messages_max);
+    failing_.reserve(limits::commit_batch_messages_max);
     depth_ = std::clamp<uint32_t>(config.commit_depth, 1, kDepthMax);
     for (uint32_t i = 0; i < kDepthMax; i++) {
         Batch& b = batches_[i];
@@ -92,7 +85,7 @@ bool Committer::open(uint64_t first_segment_seq, uint64_t first_id_counter, std:
         *error = "mkdir " + dir_ + ": " + strerror(errno);
         return false;
     }
-    dir_fd_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dir_fd_ = sys::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd_ < 0) {
         *error = "open " + dir_ + ": " + strerror(errno);
         return false;
@@ -105,16 +98,16 @@ bool Committer::open(uint64_t first_segment_seq, uint64_t first_id_counter, std:
 
 void Committer::shutdown() {
     for (const Retired& r : retired_)
-        ::close(r.fd);
+        sys::close(r.fd);
     retired_.clear();
-    if (current_.fd >= 0) ::close(current_.fd);
-    if (next_.fd >= 0) ::close(next_.fd);
+    if (current_.fd >= 0) sys::close(current_.fd);
+    if (next_.fd >= 0) sys::close(next_.fd);
     // An unused preallocated segment is removed so that restarts do not pile them up.
     if (prep_ == Prep::ready && next_.offset <= spool::record_header_bytes + 64)
-        unlink(segment_path(next_.seq).c_str());
+        sys::unlink(segment_path(next_.seq).c_str());
     current_.fd = next_.fd = -1;
     prep_ = Prep::none;
-    if (dir_fd_ >= 0) ::close(dir_fd_);
+    if (dir_fd_ >= 0) sys::close(dir_fd_);
     dir_fd_ = -1;
 }
 
@@ -243,8 +236,8 @@ void Committer::prep_step(int res) {
     // pause, so that a full disk is not hammered).
     prep_errno_ = -res;
     LOG_ERROR("cannot prepare spool segment %s: %s", prep_path_.c_str(), strerror(-res));
-    if (next_.fd >= 0) ::close(next_.fd);  // rare path: a blocking close is acceptable
-    unlink(prep_path_.c_str());
+    if (next_.fd >= 0) sys::close(next_.fd);  // rare path: a blocking close is acceptable
+    sys::unlink(prep_path_.c_str());
     next_.fd = -1;
     prep_ = Prep::failed;
     prep_retry_after_us_ = now_us_ + 1000000;
@@ -306,13 +299,17 @@ void Committer::flush(uint64_t now_us) {
 }
 
 void Committer::fail_pending(smtp::CommitResult r) {
-    for (CommitWaiter* w : pending_) {
+    // A waiter told of its failure may submit its next message at once (a pipelining client
+    // whose next message is already received): that one waits for the next batch. Iterating
+    // pending_ itself lost it (and the session waited for its commit forever).
+    failing_.swap(pending_);
+    for (CommitWaiter* w : failing_) {
         w->builder.reset();
         w->sealed = false;
         stats_.failed++;
         w->commit_finished(r);
     }
-    pending_.clear();
+    failing_.clear();
 }
 
 // The head of the queue cannot be placed now: it alone gets r, the others stay.

@@ -203,8 +203,9 @@ class Committer {
     char header_buf_[128];
 
     std::vector<CommitWaiter*> pending_;
-    std::vector<char> statuses_;        // encoded status records for the next batch
-    std::vector<char> statuses_retry_;  // those of failed batches, to go first
+    std::vector<CommitWaiter*> failing_;  // fail_pending's list while it answers them
+    std::vector<char> statuses_;          // encoded status records for the next batch
+    std::vector<char> statuses_retry_;    // those of failed batches, to go first
     std::array<Batch, kDepthMax> batches_;
     uint32_t depth_ = 1;
     uint32_t head_ = 0;  // oldest batch in flight

@@ -13,6 +13,7 @@
 
 #include "core/engine.hpp"
 #include "core/log.hpp"
+#include "core/sim_hooks.hpp"
 #include "net/outbound.hpp"
 #include "net/smtp_dsn.hpp"
 #include "spool/recovery.hpp"
@@ -21,11 +22,7 @@
 namespace ringmail {
 namespace {
 
-int64_t realtime_us() {
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return int64_t{ts.tv_sec} * 1000000 + ts.tv_nsec / 1000;
-}
+using sys::realtime_us;  // the simulator's clock in sim builds
 
 std::string_view domain_of(std::string_view address) {
     size_t at = address.rfind('@');
@@ -87,8 +84,7 @@ Delivery::Delivery(Engine& engine, uint32_t core)
     limits_.rcpts_per_transaction = config_.recipients_per_transaction_max;
     client_settings_.helo_name = config_.hostname;
     client_settings_.max_recipients_per_transaction = config_.recipients_per_transaction_max;
-    while (getrandom(&rng_, sizeof rng_, 0) != sizeof rng_) {
-    }
+    rng_ = sys::random_u64();
 }
 
 Delivery::~Delivery() = default;

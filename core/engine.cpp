@@ -12,21 +12,18 @@
 #include <ctime>
 
 #include "core/log.hpp"
+#include "core/sim_hooks.hpp"
 #include "net/connection.hpp"
 
 namespace ringmail {
 namespace {
 
-uint64_t monotonic_us() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return uint64_t(ts.tv_sec) * 1000000 + uint64_t(ts.tv_nsec) / 1000;
-}
+using sys::monotonic_us;  // the simulator's virtual clock in sim builds
 
 bool peer_address(int fd, smtp::IpAddress& out) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+    if (sys::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
     out = smtp::IpAddress{};
     if (ss.ss_family == AF_INET) {
         out.bytes[10] = out.bytes[11] = 0xff;  // IPv4-mapped
@@ -66,7 +63,7 @@ Engine::Engine(uint32_t core, Shared& shared, EngineStart start)
 Engine::~Engine() = default;
 
 int64_t Engine::unix_time_s() const {
-    return static_cast<int64_t>(time(nullptr));
+    return sys::realtime_us() / 1000000;
 }
 
 void Engine::update_clock() {

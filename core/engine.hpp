@@ -157,6 +157,9 @@ class Engine {
         uint64_t channel_full = 0;
     };
     [[nodiscard]] const Stats& stats() const { return stats_; }
+    // For the simulator's baseline checks once every client has gone.
+    [[nodiscard]] size_t open_connections() const { return open_.size(); }
+    [[nodiscard]] size_t addresses_with_permits() const { return per_ip_.size(); }
     [[nodiscard]] const CommitStats& commit_stats() const { return committer_->stats(); }
 
   private:

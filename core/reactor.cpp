@@ -9,8 +9,98 @@
 #include <cstring>
 
 #include "core/log.hpp"
+#include "core/sim_hooks.hpp"
 
 namespace ringmail {
+
+#ifdef RINGMAIL_SIM
+
+namespace {
+SimBackend* g_backend = nullptr;
+sys::SimHooks g_hooks;
+}  // namespace
+
+sys::SimHooks& sys::sim_hooks() {
+    return g_hooks;
+}
+
+void set_sim_backend(SimBackend* b) {
+    g_backend = b;
+}
+
+SimBackend& sim_backend() {
+    RM_ASSERT(g_backend != nullptr);
+    return *g_backend;
+}
+
+Reactor::~Reactor() {
+    if (g_backend != nullptr) g_backend->detach(*this);
+    free(buffers_);
+}
+
+bool Reactor::init(uint32_t entries, uint32_t buffer_bytes, uint32_t buffer_count,
+                   std::string* error) {
+    sq_.resize(entries);
+    buffer_bytes_ = buffer_bytes;
+    buffer_count_ = buffer_count;
+    buffers_ = static_cast<char*>(malloc(size_t{buffer_bytes} * buffer_count));
+    if (!buffers_) {
+        *error = "out of memory for receive buffers";
+        return false;
+    }
+    in_app_.assign(buffer_count, 0);
+    ring_.reserve(buffer_count);
+    for (uint32_t i = 0; i < buffer_count; i++)
+        ring_.push_back(static_cast<uint16_t>(i));
+    return true;
+}
+
+io_uring_sqe* Reactor::sqe() {
+    if (sq_used_ == sq_.size()) submit_prepared();  // full: submit to make room, as io_uring
+    io_uring_sqe* s = &sq_[sq_used_++];
+    memset(s, 0, sizeof *s);
+    return s;
+}
+
+void Reactor::submit_prepared() {
+    if (sq_used_ == 0) return;
+    // Reset first: the backend may run handlers that prepare more.
+    const uint32_t n = sq_used_;
+    sq_used_ = 0;
+    std::vector<io_uring_sqe> batch(sq_.begin(), sq_.begin() + n);
+    sim_backend().submit(*this, batch.data(), n);
+}
+
+int Reactor::take_buffer() {
+    if (ring_head_ == ring_.size()) return -1;
+    const uint16_t bid = ring_[ring_head_++];
+    if (ring_head_ == ring_.size()) {
+        ring_.clear();
+        ring_head_ = 0;
+    }
+    RM_ASSERT(!in_app_[bid]);
+    in_app_[bid] = 1;
+    return bid;
+}
+
+void Reactor::recycle(uint16_t bid) {
+    // A buffer given back twice, or one never handed out, would be picked for two receives
+    // at once: the kernel cannot tell, the simulator can.
+    RM_ASSERT(bid < buffer_count_ && in_app_[bid]);
+    in_app_[bid] = 0;
+    pending_.push_back(bid);
+}
+
+void Reactor::publish_buffers() {
+    if (ring_head_ > 0) {
+        ring_.erase(ring_.begin(), ring_.begin() + static_cast<long>(ring_head_));
+        ring_head_ = 0;
+    }
+    ring_.insert(ring_.end(), pending_.begin(), pending_.end());
+    pending_.clear();
+}
+
+#else
 
 Reactor::~Reactor() {
     if (ring_ok_) {
@@ -106,5 +196,7 @@ void Reactor::publish_buffers() {
 bool Reactor::owner_thread() const {
     return pthread_self() == owner_tid_;
 }
+
+#endif  // RINGMAIL_SIM
 
 }  // namespace ringmail

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ringmail {
 
@@ -28,6 +29,114 @@ struct IoOp {
 inline constexpr uint64_t kTagIgnore = 0;  // completions nobody waits for (cancels)
 inline constexpr uint64_t kTagWake = 1;    // a MSG_RING from another core: drain the channels
 inline constexpr uint64_t kTagMax = 16;
+
+#ifdef RINGMAIL_SIM
+
+// The simulated reactor (builds with RINGMAIL_SIM: the deterministic simulator of tests/sim/).
+// It has the production API, so the drivers compile unchanged: they fill SQEs from its own
+// array with liburing's inline io_uring_prep_* helpers, and run_once hands what they prepared
+// to a SimBackend (the simulated world), which executes it against simulated sockets, disks
+// and clocks and answers with completions in an order chosen by the seed. Virtual calls are
+// acceptable here: only the simulator has them.
+struct SimCqe {
+    uint64_t user_data;
+    int res;
+    uint32_t flags;
+};
+
+class Reactor;
+class SimBackend {
+  public:
+    // The SQEs prepared since the last call, in order (links run in this order).
+    virtual void submit(Reactor& r, const io_uring_sqe* sqes, uint32_t n) = 0;
+    // Runs the world (advancing its virtual clock) until at least one completion of r is
+    // ready and appends them to out. May throw to end the engine at that instant (a crash).
+    virtual void wait(Reactor& r, std::vector<SimCqe>& out) = 0;
+    // The reactor is going away: its operations in flight are dropped.
+    virtual void detach(Reactor& r) = 0;
+
+  protected:
+    ~SimBackend() = default;
+};
+void set_sim_backend(SimBackend* b);  // core/reactor.cpp
+SimBackend& sim_backend();
+
+class Reactor {
+  public:
+    Reactor() = default;
+    ~Reactor();
+    Reactor(const Reactor&) = delete;
+    Reactor& operator=(const Reactor&) = delete;
+
+    [[nodiscard]] bool init(uint32_t entries, uint32_t buffer_bytes, uint32_t buffer_count,
+                            std::string* error);
+    io_uring_sqe* sqe();
+    io_uring_sqe* sqe(IoOp& op) {
+        io_uring_sqe* s = sqe();
+        io_uring_sqe_set_data64(s, op.user_data());
+        return s;
+    }
+    template <typename TagFn>
+    void run_once(TagFn&& on_tag);
+
+    [[nodiscard]] uint16_t buffer_group() const { return 0; }
+    [[nodiscard]] char* buffer(uint16_t bid) const {
+        return buffers_ + static_cast<size_t>(bid) * buffer_bytes_;
+    }
+    void recycle(uint16_t bid);
+    [[nodiscard]] uint32_t buffer_bytes() const { return buffer_bytes_; }
+    [[nodiscard]] int ring_fd() const { return ring_fd_; }
+    [[nodiscard]] bool msg_ring_supported() const { return true; }
+    [[nodiscard]] bool owner_thread() const { return true; }
+    [[nodiscard]] uint64_t submits() const { return submits_; }
+
+    // For the backend: the simulated ring's identity and its provided buffers.
+    void set_ring_fd(int fd) { ring_fd_ = fd; }
+    [[nodiscard]] int take_buffer();  // the next provided buffer (kernel order), or -1
+    [[nodiscard]] uint32_t buffers_in_kernel() const { return static_cast<uint32_t>(ring_.size()); }
+    [[nodiscard]] uint32_t buffer_count() const { return buffer_count_; }
+    [[nodiscard]] uint32_t buffers_recycled_unpublished() const {
+        return static_cast<uint32_t>(pending_.size());
+    }
+
+  private:
+    void submit_prepared();
+    void publish_buffers();
+
+    std::vector<io_uring_sqe> sq_;
+    uint32_t sq_used_ = 0;
+    std::vector<SimCqe> cq_;
+    char* buffers_ = nullptr;
+    uint32_t buffer_bytes_ = 0;
+    uint32_t buffer_count_ = 0;
+    std::vector<uint16_t> ring_;  // FIFO of buffers the "kernel" may pick, oldest first
+    size_t ring_head_ = 0;
+    std::vector<uint16_t> pending_;  // recycled since the last publish
+    std::vector<uint8_t> in_app_;    // per buffer: handed to the application, not yet recycled
+    uint64_t submits_ = 0;
+    int ring_fd_ = -1;
+};
+
+template <typename TagFn>
+void Reactor::run_once(TagFn&& on_tag) {
+    publish_buffers();
+    submit_prepared();
+    submits_++;
+    cq_.clear();
+    sim_backend().wait(*this, cq_);
+    // Handlers may prepare new SQEs; they go to the backend at the next run_once.
+    for (size_t i = 0; i < cq_.size(); i++) {
+        const SimCqe c = cq_[i];
+        if (c.user_data < kTagMax) {
+            if (c.user_data != kTagIgnore) on_tag(c.user_data, c.res);
+            continue;
+        }
+        IoOp* op = reinterpret_cast<IoOp*>(static_cast<uintptr_t>(c.user_data));
+        op->fn(op->owner, c.res, c.flags);
+    }
+}
+
+#else
 
 class Reactor {
   public:
@@ -104,5 +213,7 @@ void Reactor::run_once(TagFn&& on_tag) {
     }
     io_uring_cq_advance(&ring_, n);
 }
+
+#endif  // RINGMAIL_SIM
 
 }  // namespace ringmail

@@ -12,15 +12,12 @@
 
 #include "core/engine.hpp"
 #include "core/log.hpp"
+#include "core/sim_hooks.hpp"
 
 namespace ringmail {
 namespace {
 
-int64_t realtime_us() {
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return int64_t{ts.tv_sec} * 1000000 + ts.tv_nsec / 1000;
-}
+using sys::realtime_us;  // the simulator's clock in sim builds
 
 void format_ip(const smtp::IpAddress& ip, char* out, size_t n) {
     static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
