@@ -259,8 +259,11 @@ void Delivery::add_recovered(const RecoveredQueueEntry& r) {
 
 void Delivery::dispatch_due() {
     if (stopping_ || !resolver_ok_) return;
+    // Bounded, like Postfix's active queue: at most --active-queue-max messages in an attempt;
+    // the rest stay due in the table and are taken as attempts end.
+    if (active_ >= config_.active_queue_max) return;
     due_.clear();
-    table_.take_due(engine_.now_ms(), due_);
+    table_.take_due(engine_.now_ms(), due_, config_.active_queue_max - active_);
     for (sched::MessageRef m : due_)
         dispatch(m);
 }
@@ -271,6 +274,7 @@ void Delivery::dispatch(sched::MessageRef m) {
     table_.due_rcpts(m, engine_.now_ms(), rcpts_);
     if (rcpts_.empty()) return;
     Held& h = held_[m.index];
+    if (h.inflight == 0) active_++;
     h.inflight += static_cast<uint32_t>(rcpts_.size());
     std::sort(rcpts_.begin(), rcpts_.end(),
               [&](uint32_t a, uint32_t b) { return h.domains[a] < h.domains[b]; });
@@ -408,7 +412,7 @@ void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::
     Held& h = held_[m.index];
     uint64_t now = engine_.now_ms();
     sched::Decision d = table_.outcome(m, rcpt, o, now, random());
-    if (h.inflight > 0) h.inflight--;
+    if (h.inflight > 0 && --h.inflight == 0) active_--;
     spool::Status st;
     st.message_id = h.id;
     st.rcpt = static_cast<uint16_t>(rcpt);

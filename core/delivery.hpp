@@ -112,6 +112,8 @@ class Delivery {
     void stop();                      // graceful stop: connections QUIT, nothing new starts
     [[nodiscard]] bool idle() const;  // no outbound connection open
     [[nodiscard]] size_t queued() const { return table_.size(); }
+    // Messages with recipients in an attempt (at most --active-queue-max).
+    [[nodiscard]] size_t active() const { return active_; }
 
     // For outbound connections.
     [[nodiscard]] Engine& engine() { return engine_; }
@@ -287,6 +289,7 @@ class Delivery {
     std::vector<uint32_t> domain_free_;
 
     std::vector<sched::MessageRef> due_;
+    size_t active_ = 0;  // messages with h.inflight > 0
     std::vector<uint32_t> rcpts_;
     std::vector<std::pair<sched::MessageRef, uint32_t>> expired_;
     std::vector<std::unique_ptr<Dispatch>> dispatch_free_;

@@ -71,9 +71,10 @@ class MessageTable {
     void restore(MessageRef m, uint32_t rcpt, RcptState s, uint32_t attempts,
                  uint64_t next_attempt_ms);
 
-    // Messages with at least one pending recipient due at now_ms, each reported once per call.
-    // Appends to `out`; the caller then asks due_rcpts() for each.
-    void take_due(uint64_t now_ms, std::vector<MessageRef>& out);
+    // Messages with at least one pending recipient due at now_ms, each reported once per call,
+    // at most `max` of them (the others stay due, earliest first, for a later call). Appends to
+    // `out`; the caller then asks due_rcpts() for each.
+    void take_due(uint64_t now_ms, std::vector<MessageRef>& out, size_t max = SIZE_MAX);
     // The recipients of m to attempt now (pending, due, not already in an attempt); they are
     // marked in flight until their outcome() comes. Appends rcpt indexes to `out`.
     void due_rcpts(MessageRef m, uint64_t now_ms, std::vector<uint32_t>& out);

@@ -553,6 +553,31 @@ def test_multi_recipient_transaction_is_one_pipelined_transaction(net, helpers):
     wait_states(d, mid, ["delivered"] * 3)
 
 
+
+def test_active_queue_limit_holds_back_due_messages_until_room_frees(net, helpers):
+    """--active-queue-max: at most that many messages of a core are in an attempt at once
+    (Postfix's qmgr_message_active_limit); the others stay due and go as attempts end, not
+    deferred and not after a retry interval."""
+    srv = net.capture("shared", data_delay_s=0.3)
+    d = net.daemon("--threads", "1", "--active-queue-max", "2", "--outbound-idle-ms", "30000",
+                   retry="10m:1h")
+    ids = []
+    with d.smtp() as s:
+        assert s.ehlo()[0] == 250
+        for i in range(8):
+            rcpt = f"user{i}@{SHARED_DOMAINS[i % 10]}"
+            assert s.sendmail(SENDER, [rcpt], message(f"active-{i}")) == {}
+        s.quit()
+    ids = [e["id"] for e in d.spool_json()]
+    envs = wait_envelopes(srv, 8, timeout=30)
+    assert len(envs) == 8
+    # Eight messages to one destination that allows 20 connections: two at a time.
+    assert srv.max_open <= 2, srv.max_open
+    for mid in ids:
+        line = wait_status(d, mid, 0, "delivered")
+        assert line["attempts"] == 1, line
+        assert [x["status"] for x in attempts_of(d, mid)] == ["delivered"]
+
 # --- restart and loops ---------------------------------------------------------------------
 
 def test_restart_in_the_middle_of_retries_loses_and_repeats_nothing(net, helpers):

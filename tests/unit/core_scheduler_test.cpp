@@ -85,6 +85,29 @@ TEST(MessageTable, NewMessageIsDueAtOnceAndOnlyOnce) {
     EXPECT_TRUE(due.empty());
 }
 
+// The active-queue limit: take_due hands out at most `max` messages; the others stay due,
+// earliest first, and come out on later calls as room frees.
+TEST(MessageTable, TakeDueHandsOutAtMostMaxAndKeepsTheRest) {
+    MessageTable t(RetryPolicy{});
+    std::vector<MessageRef> refs;
+    for (uint64_t i = 0; i < 10; i++)
+        refs.push_back(t.add(100 + i, 0, 1, i));  // due at 0, 1, ..., 9
+    std::vector<MessageRef> due;
+    t.take_due(50, due, 3);
+    ASSERT_EQ(due.size(), 3u);
+    for (size_t i = 0; i < 3; i++)
+        EXPECT_EQ(t.id(due[i]), 100 + i) << "earliest first";
+    due.clear();
+    t.take_due(50, due, 0);
+    EXPECT_TRUE(due.empty());
+    t.take_due(50, due, 100);
+    ASSERT_EQ(due.size(), 7u) << "the rest stayed due";
+    EXPECT_EQ(t.id(due[0]), 103u);
+    due.clear();
+    t.take_due(50, due, 100);
+    EXPECT_TRUE(due.empty()) << "each handed out once";
+}
+
 TEST(MessageTable, DeferredRecipientComesBackAtItsRetryTime) {
     MessageTable t(no_jitter());
     MessageRef m = t.add(1, 0, 2, 0);
