@@ -136,6 +136,11 @@ int parse_config(int argc, char** argv, Config& c) {
                    "queue (Postfix's qmgr_message_active_limit)")
         ->capture_default_str()
         ->check(CLI::Range(1u, 10000000u));
+    app.add_option("--max-destinations", c.destinations_max,
+                   "destinations (MX host sets) remembered per thread; idle ones past this "
+                   "are forgotten, least recently used first")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 10000000u));
     app.add_option("--retry-schedule", c.retry_schedule,
                    "FIRST:MAX exponential retry delays, with jitter (units ms s m h d)")
         ->capture_default_str();

@@ -78,7 +78,8 @@ Delivery::Delivery(Engine& engine, uint32_t core)
           p.lifetime_ms = engine.config().queue_lifetime_ms;
           return p;
       }()),
-      reader_(engine.reactor(), engine.config().spool_dir) {
+      reader_(engine.reactor(), engine.config().spool_dir),
+      destinations_(engine.config().destinations_max) {
     segdirs_.push_back(std::make_unique<SegDir>(
         SegDir{static_cast<uint16_t>(core),
                spool::SegmentTracker(static_cast<int64_t>(config_.compact_after_ms))}));
@@ -701,11 +702,10 @@ void Delivery::finish_message(sched::MessageRef m) {
 // --- the destination side ----------------------------------------------------------------
 
 void Delivery::handle_job(const JobMsg& j) {
-    auto it = destinations_.find(j.dest_hash);
+    Destination* d = destinations_.find(j.dest_hash);
     uint64_t now = engine_.now_ms();
-    if (it != destinations_.end() &&
-        (it->second->resolution->expires_ms == 0 || it->second->resolution->expires_ms > now)) {
-        queue_job(*it->second, j);
+    if (d != nullptr && (d->resolution->expires_ms == 0 || d->resolution->expires_ms > now)) {
+        queue_job(*d, j);
         return;
     }
     // This core has not resolved the destination yet (or its answer expired): ask its own
@@ -732,14 +732,15 @@ void Delivery::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
             self->report(j, j.rcpts[i], o, text, "");
         return;
     }
-    auto& slot = self->destinations_[r->destination_hash];
-    if (!slot) {
-        slot = std::make_unique<Destination>(self->limits_);
-        slot->hash = r->destination_hash;
-    }
-    slot->resolution = r;
-    slot->port = self->config_.smarthost.empty() ? self->config_.delivery_port : r->port;
-    self->queue_job(*slot, j);
+    Destination& d =
+        self->destinations_.get_or_add(r->destination_hash, self->engine_.now_ms(), [&] {
+            auto made = std::make_unique<Destination>(self->limits_);
+            made->hash = r->destination_hash;
+            return made;
+        });
+    d.resolution = r;
+    d.port = self->config_.smarthost.empty() ? self->config_.delivery_port : r->port;
+    self->queue_job(d, j);
 }
 
 // A destination that is resting after every host failed takes no job: it is deferred at
@@ -840,8 +841,10 @@ void Delivery::on_tick() {
         compact();
     }
     // Destinations that rested after a failure may take their waiting jobs again.
-    for (auto& [hash, d] : destinations_)
-        if (d->queue.ready() > 0) start_connections(*d);
+    destinations_.for_each([&](Destination& d) {
+        if (d.queue.ready() > 0) start_connections(d);
+    });
+    destinations_.trim(now);
     dispatch_due();
 }
 

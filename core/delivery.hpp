@@ -155,6 +155,13 @@ class Delivery {
         uint64_t tls_broken_until_ms = 0;       // `may`: handshake failed, clear until then
         uint16_t port = 25;
         explicit Destination(const sched::DestinationLimits& l) : queue(l) {}
+        // Nothing waits for it, no connection points at it, it is not resting after a
+        // failure: it may be forgotten (made again from DNS when mail comes for it). A
+        // remembered TLS failure is lost with it: the next connection tries TLS again.
+        [[nodiscard]] bool evictable(uint64_t now_ms) const {
+            return queue.ready() == 0 && queue.connections() == 0 &&
+                   queue.backoff_until_ms() <= now_ms;
+        }
     };
     struct Dispatch;  // one domain group of a due message, while its DNS answer is awaited
     // A job waiting on this core for its destination's DNS answer.
@@ -294,7 +301,7 @@ class Delivery {
     std::vector<std::pair<sched::MessageRef, uint32_t>> expired_;
     std::vector<std::unique_ptr<Dispatch>> dispatch_free_;
 
-    std::unordered_map<uint64_t, std::unique_ptr<Destination>> destinations_;
+    sched::DestinationTable<Destination> destinations_;  // at most --max-destinations idle
     std::vector<std::unique_ptr<OutboundConnection>> conns_;
     std::vector<OutboundConnection*> conns_free_;
     uint32_t conns_open_ = 0;
