@@ -13,8 +13,12 @@
 # It prints a markdown table of medians and the ratios ringmail/Postfix and ringmail/ceiling.
 # Everything listens on 127.0.0.1 only.
 #
-# Usage: bench/ingest.sh [-r REPS] [-m MESSAGES] [-b RINGMAIL_BINARY] [-t THREADS] [-n]
+# Usage: bench/ingest.sh [-r REPS] [-m MESSAGES] [-b RINGMAIL_BINARY] [-p PREVIOUS_BINARY]
+#                        [-t THREADS] [-n]
 #   -n: no Postfix (ceiling and ringmail only; Postfix is neither installed nor touched)
+#   -p: also run another ringmail build (e.g. the previous commit's) in every repetition, in
+#       alternating order with -b, and print the ratio of the two: a change is judged against
+#       its predecessor in the same run
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
@@ -22,6 +26,7 @@ set -euo pipefail
 REPS=3
 MESSAGES=20000
 RINGMAIL=build/ringmail
+PREVIOUS=""
 THREADS=""
 WITH_POSTFIX=1
 SESSIONS=20
@@ -29,19 +34,20 @@ SIZE_BYTES=1024
 SINK_PORT=${SINK_PORT:-2626}
 DEADLINE_S=${DEADLINE_S:-300} # bound on every wait
 
-usage() { sed -n '2,18p' "$0"; exit 2; }
-while getopts "r:m:b:t:nh" opt; do
+usage() { sed -n '2,22p' "$0"; exit 2; }
+while getopts "r:m:b:p:t:nh" opt; do
     case $opt in
     r) REPS=$OPTARG ;;
     m) MESSAGES=$OPTARG ;;
     b) RINGMAIL=$OPTARG ;;
+    p) PREVIOUS=$OPTARG ;;
     t) THREADS=$OPTARG ;;
     n) WITH_POSTFIX=0 ;;
     *) usage ;;
     esac
 done
 
-preflight ringmail
+preflight ringmail previous
 
 WORK=$(mktemp -d /tmp/ringmail-ingest.XXXXXX)
 trap bench_cleanup EXIT
@@ -67,6 +73,30 @@ load() {
     calc "$t1 - $t0"
 }
 
+# One durable-ingest run of ringmail BINARY; msg/s appended to $WORK/NAME (CPU and fdatasync
+# figures too, for the main build).
+ringmail_run() {
+    local binary=$1 name=$2 rep=$3 args=(--no-delivery) saved=$RINGMAIL c0 c1 s
+    [ -n "$THREADS" ] && args+=(--threads "$THREADS")
+    local log="$WORK/$name-$rep.log"
+    RINGMAIL=$binary
+    start_ringmail "$log" "${args[@]}"
+    RINGMAIL=$saved
+    c0=$(cpu_ticks "$RM_PID")
+    s=$(load "$RM_PORT")
+    c1=$(cpu_ticks "$RM_PID")
+    stop_ringmail
+    calc "$MESSAGES / $s" >>"$WORK/$name"
+    [ "$name" = ringmail ] || return 0
+    calc "($c1 - $c0) / $CLK_TCK / $MESSAGES * 1000" >>"$WORK/cpu"
+    local commits msgs
+    commits=$(stats_field "$log" commits)
+    msgs=$(stats_field "$log" messages)
+    if [ -n "$commits" ] && [ -n "$msgs" ] && [ "$msgs" != 0 ]; then
+        calc "$commits / $msgs" >>"$WORK/syncs"
+    fi
+}
+
 # --- the runs --------------------------------------------------------------------------------
 if [ "$WITH_POSTFIX" = 1 ]; then
     take_postfix "${postfix_settings[@]}"
@@ -81,7 +111,7 @@ SINK_PID=$!
 wait_port 127.0.0.1 "$SINK_PORT" || die "smtp-sink is not listening on 127.0.0.1:$SINK_PORT"
 
 CLK_TCK=$(getconf CLK_TCK)
-for f in ceiling postfix ringmail cpu syncs; do : >"$WORK/$f"; done
+for f in ceiling postfix ringmail previous cpu syncs; do : >"$WORK/$f"; done
 
 for rep in $(seq "$REPS"); do
     s=$(load "$SINK_PORT")
@@ -97,25 +127,15 @@ for rep in $(seq "$REPS"); do
     fi
 
     # Delivery held, as Postfix's is: durable ingest only (and no DNS lookups for the
-    # benchmark's recipient domain).
-    args=(--no-delivery)
-    [ -n "$THREADS" ] && args+=(--threads "$THREADS")
-    log="$WORK/ringmail-$rep.log"
-    start_ringmail "$log" "${args[@]}"
-    c0=$(cpu_ticks "$RM_PID")
-    s=$(load "$RM_PORT")
-    c1=$(cpu_ticks "$RM_PID")
-    stop_ringmail
-    calc "$MESSAGES / $s" >>"$WORK/ringmail"
-    calc "($c1 - $c0) / $CLK_TCK / $MESSAGES * 1000" >>"$WORK/cpu"
-    commits=$(stats_field "$log" commits)
-    msgs=$(stats_field "$log" messages)
-    if [ -n "$commits" ] && [ -n "$msgs" ] && [ "$msgs" != 0 ]; then
-        calc "$commits / $msgs" >>"$WORK/syncs"
-    fi
+    # benchmark's recipient domain). With -p the two builds take turns going first.
+    if [ -n "$PREVIOUS" ] && [ $((rep % 2)) = 1 ]; then ringmail_run "$PREVIOUS" previous "$rep"; fi
+    ringmail_run "$RINGMAIL" ringmail "$rep"
+    if [ -n "$PREVIOUS" ] && [ $((rep % 2)) = 0 ]; then ringmail_run "$PREVIOUS" previous "$rep"; fi
     pf_last=$(tail -1 "$WORK/postfix")
-    printf 'rep %d: ceiling %s  postfix %s (held %s)  ringmail %s msg/s\n' "$rep" \
-        "$(tail -1 "$WORK/ceiling")" "${pf_last:-n/a}" "$held" "$(tail -1 "$WORK/ringmail")" >&2
+    prev_last=$(tail -1 "$WORK/previous")
+    printf 'rep %d: ceiling %s  postfix %s (held %s)  ringmail %s  previous %s msg/s\n' "$rep" \
+        "$(tail -1 "$WORK/ceiling")" "${pf_last:-n/a}" "$held" "$(tail -1 "$WORK/ringmail")" \
+        "${prev_last:-n/a}" >&2
 done
 
 ceil=$(median <"$WORK/ceiling")
@@ -135,6 +155,10 @@ echo "| smtp-source → smtp-sink (ceiling) | $(fmt "$ceil" %.0f) | $(fmt "$ceil
 pf_ratio=$(ratio "$rm_" "$pf")
 echo "| Postfix, held (durable ingest) | $(fmt "$pf" %.0f) | $(fmt "$pf_ratio" %.2f) |"
 echo "| ringmail (durable ingest) | $(fmt "$rm_" %.0f) | 1.00 |"
+if [ -n "$PREVIOUS" ]; then
+    prev=$(median <"$WORK/previous")
+    echo "| ringmail, previous build (-p) | $(fmt "$prev" %.0f) | $(fmt "$(ratio "$rm_" "$prev")" %.2f) |"
+fi
 echo
 echo "| ringmail | median |"
 echo "|---|---|"

@@ -30,6 +30,10 @@ preflight() {
             [ -x "$RINGMAIL" ] || die "no ringmail binary at $RINGMAIL (use -b PATH)"
             RINGMAIL=$(realpath "$RINGMAIL")
             ;;
+        previous)
+            [ -z "$PREVIOUS" ] || [ -x "$PREVIOUS" ] || die "no ringmail binary at $PREVIOUS (-p)"
+            [ -z "$PREVIOUS" ] || PREVIOUS=$(realpath "$PREVIOUS")
+            ;;
         ringmail-bench)
             [ -x "$BENCH" ] || die "no ringmail-bench binary at $BENCH (use -B PATH)"
             BENCH=$(realpath "$BENCH")

@@ -16,9 +16,12 @@
 # Load: smtp-source -d -s 20 -m M -l 1024 (20 sessions reusing their connections, 1 KiB text).
 # It prints a markdown table of medians and the ratio ringmail/Postfix. Loopback only.
 #
-# Usage: bench/relay.sh [-r REPS] [-m MESSAGES] [-q QUEUED] [-b RINGMAIL_BINARY] [-n]
+# Usage: bench/relay.sh [-r REPS] [-m MESSAGES] [-q QUEUED] [-b RINGMAIL_BINARY]
+#                       [-p PREVIOUS_BINARY] [-n]
 #   -q: messages for the queue-memory run (default 100000; 0 skips it)
 #   -n: no Postfix (ringmail only; Postfix is neither installed nor touched)
+#   -p: also relay with another ringmail build (e.g. the previous commit's) in every
+#       repetition, in alternating order with -b, and print the ratio of the two
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
@@ -27,6 +30,7 @@ REPS=3
 MESSAGES=20000
 QUEUED=100000
 RINGMAIL=build/ringmail
+PREVIOUS=""
 WITH_POSTFIX=1
 SESSIONS=20
 SIZE_BYTES=1024
@@ -38,19 +42,20 @@ SINK_PORT=${SINK_PORT:-2626}
 CLOSED_PORT=9          # nothing listens there: every delivery attempt is refused at once
 DEADLINE_S=${DEADLINE_S:-300}  # bound on every wait
 
-usage() { sed -n '2,21p' "$0"; exit 2; }
-while getopts "r:m:q:b:nh" opt; do
+usage() { sed -n '2,24p' "$0"; exit 2; }
+while getopts "r:m:q:b:p:nh" opt; do
     case $opt in
     r) REPS=$OPTARG ;;
     m) MESSAGES=$OPTARG ;;
     q) QUEUED=$OPTARG ;;
     b) RINGMAIL=$OPTARG ;;
+    p) PREVIOUS=$OPTARG ;;
     n) WITH_POSTFIX=0 ;;
     *) usage ;;
     esac
 done
 
-preflight ringmail
+preflight ringmail previous
 
 WORK=$(mktemp -d /tmp/ringmail-relay.XXXXXX)
 SINK_OUT=""
@@ -140,6 +145,29 @@ relay_run() {
     calc "$MESSAGES / ($t1 - $t0)" >>"$out"
 }
 
+# One relay run of ringmail BINARY into a fresh sink: msg/s appended to $WORK/NAME, its
+# connections to the sink to $WORK/NAME_conns (fdatasyncs too, for the main build).
+ringmail_relay() {
+    local binary=$1 name=$2 rep=$3 saved=$RINGMAIL
+    start_sink "$WORK/sink-$name-$rep.out"
+    local log="$WORK/$name-$rep.log"
+    RINGMAIL=$binary
+    start_ringmail "$log" --smarthost "[$SINK_HOST]:$SINK_PORT"
+    RINGMAIL=$saved
+    relay_run "$RM_PORT" "$WORK/$name"
+    stop_ringmail  # closes its delivery connections; the sink then counts their sessions
+    finish_sink
+    rm_msgs=$(sink_counter mesg)
+    calc "$SINK_SESSIONS / $MESSAGES * 1000" >>"$WORK/${name}_conns"
+    [ "$name" = ringmail ] || return 0
+    local commits msgs
+    commits=$(stats_field "$log" commits)
+    msgs=$(stats_field "$log" messages)
+    if [ -n "$commits" ] && [ -n "$msgs" ] && [ "$msgs" != 0 ]; then
+        calc "$commits / $msgs" >>"$WORK/syncs"
+    fi
+}
+
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
 # --- the runs --------------------------------------------------------------------------------
@@ -148,7 +176,7 @@ if [ "$WITH_POSTFIX" = 1 ]; then
 fi
 command -v smtp-source >/dev/null || die "smtp-source/smtp-sink (package postfix) are not installed"
 
-for f in postfix ringmail pf_conns rm_conns syncs; do : >"$WORK/$f"; done
+for f in postfix ringmail previous pf_conns ringmail_conns previous_conns syncs; do : >"$WORK/$f"; done
 
 for rep in $(seq "$REPS"); do
     pf_msgs=n/a
@@ -166,23 +194,13 @@ for rep in $(seq "$REPS"); do
         purge_postfix
     fi
 
-    start_sink "$WORK/sink-ringmail-$rep.out"
-    log="$WORK/ringmail-$rep.log"
-    start_ringmail "$log" --smarthost "[$SINK_HOST]:$SINK_PORT"
-    relay_run "$RM_PORT" "$WORK/ringmail"
-    stop_ringmail  # closes its delivery connections; the sink then counts their sessions
-    finish_sink
-    rm_msgs=$(sink_counter mesg)
-    calc "$SINK_SESSIONS / $MESSAGES * 1000" >>"$WORK/rm_conns"
-    commits=$(stats_field "$log" commits)
-    msgs=$(stats_field "$log" messages)
-    if [ -n "$commits" ] && [ -n "$msgs" ] && [ "$msgs" != 0 ]; then
-        calc "$commits / $msgs" >>"$WORK/syncs"
-    fi
+    if [ -n "$PREVIOUS" ] && [ $((rep % 2)) = 1 ]; then ringmail_relay "$PREVIOUS" previous "$rep"; fi
+    ringmail_relay "$RINGMAIL" ringmail "$rep"
+    if [ -n "$PREVIOUS" ] && [ $((rep % 2)) = 0 ]; then ringmail_relay "$PREVIOUS" previous "$rep"; fi
     pf_last=$(tail -1 "$WORK/postfix")
     printf 'rep %d: postfix %s msg/s (%s conns, sink got %s)  ringmail %s msg/s (%s conns,' \
         "$rep" "${pf_last:-n/a}" "$(tail -1 "$WORK/pf_conns")" "$pf_msgs" \
-        "$(tail -1 "$WORK/ringmail")" "$(tail -1 "$WORK/rm_conns")" >&2
+        "$(tail -1 "$WORK/ringmail")" "$(tail -1 "$WORK/ringmail_conns")" >&2
     printf ' sink got %s)\n' "$rm_msgs" >&2
 done
 
@@ -217,7 +235,7 @@ fi
 pf=$(median <"$WORK/postfix")
 rm_=$(median <"$WORK/ringmail")
 pf_conns=$(median <"$WORK/pf_conns")
-rm_conns=$(median <"$WORK/rm_conns")
+rm_conns=$(median <"$WORK/ringmail_conns")
 syncs=$(median <"$WORK/syncs")
 ratio=$(ratio "$rm_" "$pf")
 
@@ -230,6 +248,12 @@ echo "|---|---|---|"
 echo "| Postfix (relayhost) | $(fmt "$pf" %.0f) | $(fmt "$pf_conns" %.1f) |"
 echo "| ringmail (--smarthost) | $(fmt "$rm_" %.0f) | $(fmt "$rm_conns" %.1f) |"
 echo "| ringmail / Postfix | $(fmt "$ratio" %.2f) | |"
+if [ -n "$PREVIOUS" ]; then
+    prev=$(median <"$WORK/previous")
+    echo "| ringmail, previous build (-p) | $(fmt "$prev" %.0f) |" \
+        "$(fmt "$(median <"$WORK/previous_conns")" %.1f) |"
+    echo "| ringmail / previous build | $(fmt "$(ratio "$rm_" "$prev")" %.2f) | |"
+fi
 echo
 echo "| ringmail | value |"
 echo "|---|---|"

@@ -11,7 +11,11 @@ namespace ringmail::limits {
 
 // --- SMTP protocol (RFC 5321 §4.5.3.1) -------------------------------------------------------
 inline constexpr size_t command_line_max_bytes = 512;  // including CRLF
-inline constexpr size_t text_line_max_bytes = 1000;    // including CRLF (not enforced on relay)
+// An overlong command line is discarded to its end and answered 500; one that runs this long
+// without ending is not a command at all (a client streaming garbage): 500 and close, instead
+// of reading on until the command timeout.
+inline constexpr size_t command_line_abandon_bytes = 4096;
+inline constexpr size_t text_line_max_bytes = 1000;  // including CRLF (not enforced on relay)
 inline constexpr size_t local_part_max_bytes = 64;
 inline constexpr size_t domain_max_bytes = 255;
 inline constexpr size_t path_max_bytes = 256;         // including the angle brackets

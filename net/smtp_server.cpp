@@ -79,6 +79,19 @@ std::optional<uint64_t> parse_decimal(std::string_view s) {
     return v;
 }
 
+// A decimal that must fit in 64 bits: nothing on overflow.
+std::optional<uint64_t> parse_u64(std::string_view s) {
+    if (s.empty()) return std::nullopt;
+    uint64_t v = 0;
+    for (const char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        const auto d = static_cast<uint64_t>(c - '0');
+        if (v > (UINT64_MAX - d) / 10) return std::nullopt;
+        v = v * 10 + d;
+    }
+    return v;
+}
+
 // The bytes of CRLF.CRLF already seen when the scanner gives up in a given state.
 uint8_t end_match_for(uint8_t state_index) {
     constexpr uint8_t kMatch[] = {2, 0, 1, 3, 4};  // line_start, mid_line, cr, dot, dot_cr
@@ -566,7 +579,11 @@ size_t ServerSession::feed_command(std::string_view in) {
     if (output_room() < kReplyHeadroomBytes) return 0;
     const size_t lf = in.find('\n');
     if (discarding_line_) {
-        if (lf == std::string_view::npos) return in.size();
+        if (lf == std::string_view::npos) {
+            discarded_bytes_ += in.size();
+            if (discarded_bytes_ >= limits::command_line_abandon_bytes) abandon_line();
+            return in.size();
+        }
         discarding_line_ = false;
         line_too_long();
         return lf + 1;
@@ -576,8 +593,10 @@ size_t ServerSession::feed_command(std::string_view in) {
         // No line end yet. 512 octets without one can only be an overlong line (§4.5.3.1.4):
         // start discarding now so the buffer stays bounded, reply when the line ends.
         if (line_len_ + in.size() >= max) {
+            discarded_bytes_ = line_len_ + in.size();
             line_len_ = 0;
             discarding_line_ = true;
+            if (discarded_bytes_ >= limits::command_line_abandon_bytes) abandon_line();
         } else {
             std::memcpy(line_ + line_len_, in.data(), in.size());
             line_len_ += in.size();
@@ -616,6 +635,15 @@ size_t ServerSession::line_max(std::string_view in) const {
     std::memcpy(head + a, in.data(), b);
     const bool auth = a + b == kAuth.size() && iequals({head, kAuth.size()}, kAuth);
     return auth ? kAuthLineMaxBytes : limits::command_line_max_bytes;
+}
+
+void ServerSession::abandon_line() {
+    discarding_line_ = false;
+    if (phase_ == Phase::auth_line) {
+        auth_.reset();
+        enter(Phase::command);
+    }
+    close_with({"500 5.5.2 Error: line too long"});
 }
 
 void ServerSession::line_too_long() {
@@ -890,12 +918,18 @@ void ServerSession::do_data(bool more_follows) {
 // RFC 3030 §2: "BDAT <chunk-size> [LAST]".
 void ServerSession::do_bdat(std::string_view args) {
     const size_t sp = args.find(' ');
-    const auto size = parse_decimal(args.substr(0, sp));
+    const auto size = parse_u64(args.substr(0, sp));
     const std::string_view tail =
         sp == std::string_view::npos ? std::string_view() : trim_spaces(args.substr(sp + 1));
     if (!size || !(tail.empty() || iequals(tail, "LAST"))) {
         // Without a size we cannot tell where the chunk ends; its octets would run as commands.
+        // A size past 64 bits is no size either (saturating it would wait for 2^64 octets).
         return close_with({"501 5.5.4 Syntax: BDAT chunk-size [LAST]"});
+    }
+    if (*size > settings_.message_size_max_bytes) {
+        // One chunk alone is over the limit: reading it through to resynchronise could mean
+        // reading exabytes. Refuse and close (the message, if any, is aborted).
+        return close_with({"552 5.3.4 Message size exceeds fixed maximum message size"});
     }
     chunk_size_ = chunk_remaining_ = *size;
     chunk_last_ = !tail.empty();

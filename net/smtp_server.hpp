@@ -209,6 +209,7 @@ class ServerSession {
     static constexpr size_t kAuthLineMaxBytes =
         32 + tls::base64_encoded_bytes(tls::auth_plain_max_bytes) + 2;
     static_assert(kAuthLineMaxBytes > limits::command_line_max_bytes);
+    static_assert(limits::command_line_abandon_bytes > kAuthLineMaxBytes);
 
     void enter(Phase next);
     void put(std::initializer_list<std::string_view> parts);
@@ -236,6 +237,7 @@ class ServerSession {
     void auth_continue(std::string_view line);
     void on_auth_step(const tls::AuthStep& step);
     void line_too_long();
+    void abandon_line();
     [[nodiscard]] size_t line_max(std::string_view in) const;
     [[nodiscard]] std::string_view protocol() const;
 
@@ -273,6 +275,7 @@ class ServerSession {
     char line_[kAuthLineMaxBytes];
     size_t line_len_ = 0;
     bool discarding_line_ = false;
+    size_t discarded_bytes_ = 0;  // of the overlong line being discarded
 
     // Transaction: fields live in arena_ (capacity kept across messages); views into it are
     // built only at message_begin, after which the arena is not touched until the end.

@@ -25,6 +25,7 @@ import select
 import smtplib
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -491,3 +492,35 @@ def test_mid_handshake_hangups_leave_nothing_behind(tlsd, helpers):
     with smtplib.SMTP_SSL("127.0.0.1", tlsd.smtps_port, timeout=IO_TIMEOUT_S,
                           context=ctx) as s:
         assert s.ehlo()[0] == 250
+
+
+def test_clients_vanishing_while_their_auth_is_checked(tls_factory, helpers):
+    """AUTH is checked on a worker thread and its failures are settled with the address's
+    owner core: a client that hangs up (FIN or RST) right after sending its credentials leaves
+    the check in flight. The daemon survives, counts no phantom failure, frees the slots, and
+    the next client authenticates."""
+    t = tls_factory("--threads", "2", "--auth-failures-max", "1000")
+    pid = t.d.proc.pid
+    fds0 = fd_count(pid)
+    ctx = client_context()
+    for i in range(40):
+        raw = socket.create_connection(("127.0.0.1", t.smtps_port), timeout=IO_TIMEOUT_S)
+        s = ctx.wrap_socket(raw)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"EHLO vanish.test\r\n")
+        for _ in range(30):
+            if f.readline()[3:4] == b" ":
+                break
+        password = USERS["alice"] if i % 2 == 0 else "wrong"
+        s.sendall(b"AUTH PLAIN " + plain_b64("alice", password).encode() + b"\r\n")
+        if i % 4 >= 2:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        assert t.d.running(), f"daemon died after {i + 1} clients left during their AUTH check"
+    assert wait_fds(pid, fds0 + 1) <= fds0 + 1, "descriptors of vanished clients not freed"
+    with smtplib.SMTP_SSL("127.0.0.1", t.smtps_port, timeout=IO_TIMEOUT_S,
+                          context=client_context()) as s:
+        s.ehlo("after.test")
+        code, resp = s.docmd("AUTH", "PLAIN " + plain_b64("alice", USERS["alice"]))
+        assert code == 235, (code, resp)

@@ -454,14 +454,17 @@ TEST(SmtpServerBdat, CrLfSplitAcrossChunksIsFineButATrailingCrIsNot) {
 // As in DATA, the first refusal in byte order wins however the chunk arrives (the fuzzer: a
 // chunk too big before its bare LF was 550 in one read, 552 byte by byte).
 TEST(SmtpServerBdat, RefusalDoesNotDependOnHowTheChunkIsCut) {
-    const std::string chunk = "BDAT 20 LAST\r\n" + std::string(15, 'x') + "\nabcd";
+    // Each chunk fits the limit; the message passes it at octet 11, its bare LF is octet 16.
+    const std::string chunk =
+        "BDAT 8\r\n" + std::string(8, 'x') + "BDAT 10 LAST\r\n" + std::string(7, 'x') + "\nab";
     for (size_t cut : {size_t{1}, size_t{5}, chunk.size()}) {
         SCOPED_TRACE(cut);
         Harness h(false, [](ServerSettings& s) { s.message_size_max_bytes = 10; });
         bdat_ready(h);
         for (size_t at = 0; at < chunk.size(); at += cut)
             h.write(chunk.substr(at, cut));
-        EXPECT_EQ(h.lines(), (Lines{"552 5.3.4 Message size exceeds fixed maximum message size"}));
+        EXPECT_EQ(h.lines(), (Lines{"250 2.0.0 8 octets received",
+                                    "552 5.3.4 Message size exceeds fixed maximum message size"}));
     }
 }
 
@@ -472,6 +475,37 @@ TEST(SmtpServerBdat, SizeLimitApplies) {
     EXPECT_EQ(h.lines(), (Lines{"250 2.0.0 6 octets received",
                                 "552 5.3.4 Message size exceeds fixed maximum message size"}));
     EXPECT_EQ(h.sink.events, (Lines{"begin", "abort"}));
+}
+
+// A size that does not fit in 64 bits is no size: saturating it made the session wait for 2^64
+// octets without a reply.
+TEST(SmtpServerBdat, SizePast64BitsIsASyntaxErrorAndCloses) {
+    for (const char* size : {"18446744073709551616", "99999999999999999999999999"}) {
+        SCOPED_TRACE(size);
+        Harness h;
+        bdat_ready(h);
+        h.write(std::string("BDAT ") + size + " LAST\r\nNOOP\r\n");
+        EXPECT_EQ(h.lines(), (Lines{"501 5.5.4 Syntax: BDAT chunk-size [LAST]"}));
+        EXPECT_TRUE(h.session->wants_close());
+    }
+}
+
+// A chunk that alone is over the size limit cannot be read through to resynchronise (it may
+// announce exabytes): 552 at once, and the connection closes.
+TEST(SmtpServerBdat, ChunkOverTheSizeLimitIsRefusedAtOnceAndCloses) {
+    for (const char* size : {"11", "18446744073709551615"}) {
+        SCOPED_TRACE(size);
+        Harness h(false, [](ServerSettings& s) { s.message_size_max_bytes = 10; });
+        bdat_ready(h);
+        h.write(std::string("BDAT ") + size + "\r\n");
+        EXPECT_EQ(h.lines(), (Lines{"552 5.3.4 Message size exceeds fixed maximum message size"}));
+        EXPECT_TRUE(h.session->wants_close());
+        EXPECT_TRUE(h.sink.messages.empty());
+    }
+    Harness h(false, [](ServerSettings& s) { s.message_size_max_bytes = 10; });
+    bdat_ready(h);
+    h.write("BDAT 10 LAST\r\n0123456789");  // exactly the limit is fine
+    EXPECT_EQ(h.sink.messages.size(), 1u);
 }
 
 TEST(SmtpServerBdat, BadSyntaxCloses) {

@@ -307,6 +307,28 @@ TEST(SmtpServer, OverlongLineIsDiscardedAcrossFeeds) {
     EXPECT_FALSE(h.session->wants_close());
 }
 
+// A line that never ends is not a command: past command_line_abandon_bytes without a line end
+// the session answers 500 and closes, instead of reading until the command timeout.
+TEST(SmtpServer, UnterminatedLineIsAbandonedWith500AndClose) {
+    for (size_t piece : {size_t{1} << 20, size_t{1000}, size_t{1}}) {
+        SCOPED_TRACE(piece);
+        Harness h;
+        ehlo(h);
+        const std::string junk(limits::command_line_abandon_bytes, 'x');
+        for (size_t at = 0; at < junk.size() && !h.session->wants_close(); at += piece)
+            h.write(junk.substr(at, piece));
+        EXPECT_EQ(h.lines(), (Lines{"500 5.5.2 Error: line too long"}));
+        EXPECT_TRUE(h.session->wants_close());
+    }
+    Harness h;
+    ehlo(h);
+    h.write("NOOP " + std::string(limits::command_line_abandon_bytes - 8, 'x'));
+    EXPECT_TRUE(h.lines().empty());  // just under the bound: still waiting for the line end
+    h.write("\r\nNOOP\r\n");
+    EXPECT_EQ(h.lines(), (Lines{"500 5.5.2 Error: line too long", "250 2.0.0 Ok"}));
+    EXPECT_FALSE(h.session->wants_close());
+}
+
 TEST(SmtpServer, JunkLimitEndsTheSessionWith421) {
     Harness h(false, [](ServerSettings& s) { s.junk_commands_max = 3; });
     ehlo(h);
