@@ -263,6 +263,9 @@ void Delivery::dispatch_due() {
     // Bounded, like Postfix's active queue: at most --active-queue-max messages in an attempt;
     // the rest stay due in the table and are taken as attempts end.
     if (active_ >= config_.active_queue_max) return;
+    // Back-pressure: another core's channel is full and the outbox has reached its bound; the
+    // due messages wait in the queue (in order) until it drains.
+    if (engine_.outbox_backlogged()) return;
     due_.clear();
     table_.take_due(engine_.now_ms(), due_, config_.active_queue_max - active_);
     for (sched::MessageRef m : due_)
