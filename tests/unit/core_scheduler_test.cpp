@@ -269,6 +269,30 @@ TEST(DestinationQueue, ConnectionsFollowTheWorkUpToTheLimit) {
     EXPECT_EQ(q.ready(), 0u);
 }
 
+// The rest of a job the server cut short (452 after some RCPTs) goes before every other job.
+TEST(DestinationQueue, TheRestOfACutShortJobGoesNext) {
+    DestinationQueue q(DestinationLimits{});
+    for (uint64_t i = 1; i <= 3; i++)
+        q.push(Job{i, 0, {0, 1}, 0, 1});
+    Job j;
+    ASSERT_TRUE(q.next(0, &j));
+    EXPECT_EQ(j.message_id, 1u);
+    q.push_front(Job{10, 0, {0, 1}, 0, 1});  // into the slot the taken job left
+    ASSERT_TRUE(q.next(1, &j));
+    EXPECT_EQ(j.message_id, 10u);
+    ASSERT_TRUE(q.next(2, &j));
+    EXPECT_EQ(j.message_id, 2u);
+    ASSERT_TRUE(q.next(3, &j));
+    EXPECT_EQ(j.message_id, 3u);
+    q.push_front(Job{11, 0, {0, 1}, 0, 1});  // into an empty queue
+    q.push_front(Job{12, 0, {0, 1}, 0, 1});
+    ASSERT_TRUE(q.next(4, &j));
+    EXPECT_EQ(j.message_id, 12u);
+    ASSERT_TRUE(q.next(5, &j));
+    EXPECT_EQ(j.message_id, 11u);
+    EXPECT_EQ(q.ready(), 0u);
+}
+
 // --- the destination table ---------------------------------------------------------------
 
 struct FakeDestination {
