@@ -573,11 +573,19 @@ void Delivery::dsn_read(DsnRead* r, int err) {
     }
     char qid[16];
     smtp::format_queue_id(h.id, qid);
-    if (err || !smtp::should_bounce(m->mail_from)) {
-        if (err)
-            LOG_ERROR("bounce of %.16s: cannot read the original (%s): no DSN", qid, strerror(err));
-        else
-            LOG_INFO("bounce of %.16s: the sender is <>: no DSN (RFC 5321 §6.1)", qid);
+    if (err) {
+        // No DSN without the original: its bounces stay unrecorded (deferred in the spool)
+        // and the read is tried again later, never given up in silence.
+        LOG_ERROR(
+            "bounce of %.16s: cannot read the original (%s): its DSN waits; %zu recipient(s) "
+            "stay deferred; retrying in %llu s",
+            qid, strerror(err), h.bounces.size(),
+            static_cast<unsigned long long>(kDsnReadRetryMs / 1000));
+        dsn_read_retry_.push_back({r->ref, engine_.now_ms() + kDsnReadRetryMs});
+        return;
+    }
+    if (!smtp::should_bounce(m->mail_from)) {
+        LOG_INFO("bounce of %.16s: the sender is <>: no DSN (RFC 5321 §6.1)", qid);
         write_bounce_statuses(h, h.bounces);
         h.bounces.clear();
         maybe_finish(r->ref);
@@ -830,6 +838,20 @@ void Delivery::on_tick() {
                     "4.4.7 message expired in the queue", "");
         maybe_finish(m);
     }
+    if (!dsn_read_retry_.empty()) {
+        size_t kept = 0;
+        for (size_t i = 0; i < dsn_read_retry_.size(); i++) {
+            auto [m, at] = dsn_read_retry_[i];
+            if (at > now) {
+                dsn_read_retry_[kept++] = dsn_read_retry_[i];
+                continue;
+            }
+            if (!table_.valid(m)) continue;
+            Held& h = held_[m.index];
+            if (!h.dsn_busy && h.inflight == 0 && !h.bounces.empty()) start_dsn(m);
+        }
+        dsn_read_retry_.resize(kept);
+    }
     if (!dsn_retry_.empty()) {
         auto retry = std::move(dsn_retry_);
         dsn_retry_.clear();
@@ -925,7 +947,9 @@ void Delivery::compact() {
                     h.slot.segment_seq != lm.slot.segment_seq || h.slot.index != lm.slot.index)
                     continue;
                 sched::MessageRef ref{k, h.generation};
-                if (!table_.valid(ref) || h.inflight > 0 || h.dsn_busy) break;  // next round
+                // Not while bounces wait for their DSN: the copy would restate them as bounced.
+                if (!table_.valid(ref) || h.inflight > 0 || h.dsn_busy || !h.bounces.empty())
+                    break;  // next round
                 auto w = std::make_unique<CopyWaiter>();
                 w->owner = this;
                 w->ref = ref;

@@ -255,6 +255,9 @@ class Delivery {
     // Staging memory was short, or the commit failed: staged again at the next tick, with the
     // same queue id, for as long as it takes (a DSN is never dropped).
     std::vector<std::unique_ptr<DsnWaiter>> dsn_retry_;
+    // Messages whose original could not be read to build their DSN: read again then.
+    static constexpr uint64_t kDsnReadRetryMs = 10'000;
+    std::vector<std::pair<sched::MessageRef, uint64_t>> dsn_read_retry_;
 
     // Segment lifecycle (spool/lifecycle.hpp): a segment whose messages are all final, and all
     // of whose older siblings are gone, is deleted.

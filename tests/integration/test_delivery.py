@@ -17,6 +17,7 @@ Isolation: ringmail listens on 127.0.0.1 only and asks only the dnsmasq of the t
 
 import email
 import email.policy
+import os
 import re
 
 import pytest
@@ -468,6 +469,43 @@ def test_dsn_is_durable_before_the_bounces_it_reports(net, helpers):
         status = by_id[i]["rcpt_states"][0]
         assert int(dsn["id"], 16) & 0xFF == int(i, 16) & 0xFF  # one core: one log
         assert dsn["log_index"] < status["log_index"], (i, dsn, status)
+
+
+def test_dsn_waits_while_the_original_cannot_be_read(net, helpers):
+    """A DSN is never given up: while the original cannot be read to build it, its bounce is
+    not recorded (the recipient stays deferred in the spool), and once the read succeeds the
+    DSN goes out and only then is the bounce recorded."""
+    upstream = ServfailResponder().start()
+    net.peers.append(upstream)
+    net.dns.restart(zone() + [f"--server=/servfail.test/127.0.0.1#{upstream.port}"])
+    sender_mx = net.capture("sender")
+    d = net.daemon()
+    mid, _ = send(d, helpers, ["erin@servfail.test"], "unreadable")
+    wait_states(d, mid, ["deferred"])
+    e = d.spool_by_id()[mid]
+    path = os.path.join(d.spool_dir, f"core-{int(mid, 16) & 0xFF}", f"{e['segment']:016x}.seg")
+    at = e["offset"] + e["body_bytes"] // 2 + 200  # inside the record: its checksum fails
+    with open(path, "r+b") as f:
+        f.seek(at)
+        good = f.read(1)
+        f.seek(at)
+        f.write(bytes([good[0] ^ 0xFF]))
+    try:
+        net.dns.restart(zone())  # servfail.test is NXDOMAIN now: the recipient bounces (5.1.2)
+        wait_status(d, mid, 0, "bounced")
+        wait_for(lambda: f"bounce of {mid}: cannot read the original" in d.log_text(),
+                 "the DSN read failure logged")
+        assert f"bounce of {mid}: DSN" not in d.log_text()
+    finally:
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(good)
+    env = wait_envelopes(sender_mx, 1, timeout=30)[0]  # the read is tried again
+    check_dsn_envelope(env)
+    _, _, per_rcpt, _ = dsn_of(env)
+    assert fields(per_rcpt[0])["status"].strip() == "5.1.2"
+    wait_states(d, mid, ["bounced"])
+    assert len(sender_mx.snapshot()) == 1
 
 def test_bounce_of_a_null_sender_message_makes_no_dsn(net, helpers):
     net.capture("reject", reject={"bad1@r.test": "550 5.1.1 no such user"})
