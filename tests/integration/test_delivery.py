@@ -7,8 +7,11 @@ Postfix's smtp-sink deferred, per-recipient 5xx giving exactly one RFC 3464 DSN 
 own MX, no DSN for a bounce of a bounce, queue lifetime expiry (4.4.7), domains sharing an MX
 sharing its connections within --max-connections-per-destination, a restart in the middle of a
 retry schedule losing and repeating nothing, the Received-header loop limit (5.4.6), and a
-multi-recipient transaction sent pipelined. Every delivered body is checked byte for byte: the
-relay's Received header followed by exactly what the client sent.
+multi-recipient transaction sent pipelined; a DSN durable before the bounces it reports (in
+spool log order, across segment boundaries) and waiting, never dropped, while its original cannot
+be read; every delivery line naming its recipient; recipients past a server's RCPT limit sent in
+the next transaction at once; the active-queue limit. Every delivered body is checked byte for
+byte: the relay's Received header followed by exactly what the client sent.
 
 Isolation: ringmail listens on 127.0.0.1 only and asks only the dnsmasq of the test
 (--dns-server), never the machine's resolvers; every MX host is a peer of the test on
