@@ -619,6 +619,21 @@ def test_active_queue_limit_holds_back_due_messages_until_room_frees(net, helper
         assert line["attempts"] == 1, line
         assert [x["status"] for x in attempts_of(d, mid)] == ["delivered"]
 
+
+def test_forgotten_destinations_are_made_again_from_dns(net, helpers):
+    """--max-destinations 1: each new destination pushes the idle other one out of the table;
+    mail for a forgotten destination resolves it again and is delivered like the first time."""
+    low = net.capture("pref_low")
+    imp = net.capture("implicit")
+    d = net.daemon("--threads", "1", "--max-destinations", "1", "--outbound-idle-ms", "50")
+    for round_ in range(3):
+        a, _ = send(d, helpers, [f"a{round_}@pref.test"], f"forget-a{round_}")
+        assert wait_status(d, a, 0, "delivered")["attempts"] == 1
+        b, _ = send(d, helpers, [f"b{round_}@implicit.test"], f"forget-b{round_}")
+        assert wait_status(d, b, 0, "delivered")["attempts"] == 1
+    assert sorted(low.rcpts()) == [f"a{i}@pref.test" for i in range(3)]
+    assert sorted(imp.rcpts()) == [f"b{i}@implicit.test" for i in range(3)]
+
 # --- restart and loops ---------------------------------------------------------------------
 
 def test_restart_in_the_middle_of_retries_loses_and_repeats_nothing(net, helpers):
