@@ -190,6 +190,16 @@ int parse_config(int argc, char** argv, Config& c) {
                    "recipients per outbound transaction (lowered to what the server allows)")
         ->capture_default_str()
         ->check(CLI::Range(1u, static_cast<uint32_t>(limits::job_rcpts_max)));
+    app.add_option("--active-queue-max", c.active_queue_max,
+                   "messages per thread in a delivery attempt at once; more wait, due, in the "
+                   "queue (Postfix's qmgr_message_active_limit)")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 10000000u));
+    app.add_option("--max-destinations", c.destinations_max,
+                   "destinations (MX host sets) remembered per thread; idle ones past this "
+                   "are forgotten, least recently used first")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 10000000u));
     app.add_option("--retry-schedule", c.retry_schedule,
                    "FIRST:MAX exponential retry delays, with jitter (units ms s m h d)")
         ->capture_default_str();

@@ -56,6 +56,8 @@ struct Config {
     uint32_t connections_per_destination_max = 20;
     uint32_t messages_per_connection_max = 100;
     uint32_t recipients_per_transaction_max = 100;
+    uint32_t active_queue_max = limits::active_queue_max_default;  // per thread
+    uint32_t destinations_max = limits::destinations_max_default;  // per thread
     std::string retry_schedule = "5m:1h";
     std::string queue_lifetime = "5d";
     uint64_t retry_first_ms = 0, retry_max_ms = 0, queue_lifetime_ms = 0;  // parsed from the two

@@ -75,7 +75,8 @@ Delivery::Delivery(Engine& engine, uint32_t core)
           p.lifetime_ms = engine.config().queue_lifetime_ms;
           return p;
       }()),
-      reader_(engine.reactor(), engine.config().spool_dir) {
+      reader_(engine.reactor(), engine.config().spool_dir),
+      destinations_(engine.config().destinations_max) {
     segdirs_.push_back(std::make_unique<SegDir>(
         SegDir{static_cast<uint16_t>(core),
                spool::SegmentTracker(static_cast<int64_t>(config_.compact_after_ms))}));
@@ -255,8 +256,14 @@ void Delivery::add_recovered(const RecoveredQueueEntry& r) {
 
 void Delivery::dispatch_due() {
     if (stopping_ || !resolver_ok_) return;
+    // Bounded, like Postfix's active queue: at most --active-queue-max messages in an attempt;
+    // the rest stay due in the table and are taken as attempts end.
+    if (active_ >= config_.active_queue_max) return;
+    // Back-pressure: another core's channel is full and the outbox has reached its bound; the
+    // due messages wait in the queue (in order) until it drains.
+    if (engine_.outbox_backlogged()) return;
     due_.clear();
-    table_.take_due(engine_.now_ms(), due_);
+    table_.take_due(engine_.now_ms(), due_, config_.active_queue_max - active_);
     for (sched::MessageRef m : due_)
         dispatch(m);
 }
@@ -267,6 +274,7 @@ void Delivery::dispatch(sched::MessageRef m) {
     table_.due_rcpts(m, engine_.now_ms(), rcpts_);
     if (rcpts_.empty()) return;
     Held& h = held_[m.index];
+    if (h.inflight == 0) active_++;
     h.inflight += static_cast<uint32_t>(rcpts_.size());
     std::sort(rcpts_.begin(), rcpts_.end(),
               [&](uint32_t a, uint32_t b) { return h.domains[a] < h.domains[b]; });
@@ -404,7 +412,7 @@ void Delivery::apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::
     Held& h = held_[m.index];
     uint64_t now = engine_.now_ms();
     sched::Decision d = table_.outcome(m, rcpt, o, now, random());
-    if (h.inflight > 0) h.inflight--;
+    if (h.inflight > 0 && --h.inflight == 0) active_--;
     spool::Status st;
     st.message_id = h.id;
     st.rcpt = static_cast<uint16_t>(rcpt);
@@ -561,11 +569,19 @@ void Delivery::dsn_read(DsnRead* r, int err) {
     }
     char qid[16];
     smtp::format_queue_id(h.id, qid);
-    if (err || !smtp::should_bounce(m->mail_from)) {
-        if (err)
-            LOG_ERROR("bounce of %.16s: cannot read the original (%s): no DSN", qid, strerror(err));
-        else
-            LOG_INFO("bounce of %.16s: the sender is <>: no DSN (RFC 5321 §6.1)", qid);
+    if (err) {
+        // No DSN without the original: its bounces stay unrecorded (deferred in the spool)
+        // and the read is tried again later, never given up in silence.
+        LOG_ERROR(
+            "bounce of %.16s: cannot read the original (%s): its DSN waits; %zu recipient(s) "
+            "stay deferred; retrying in %llu s",
+            qid, strerror(err), h.bounces.size(),
+            static_cast<unsigned long long>(kDsnReadRetryMs / 1000));
+        dsn_read_retry_.push_back({r->ref, engine_.now_ms() + kDsnReadRetryMs});
+        return;
+    }
+    if (!smtp::should_bounce(m->mail_from)) {
+        LOG_INFO("bounce of %.16s: the sender is <>: no DSN (RFC 5321 §6.1)", qid);
         write_bounce_statuses(h, h.bounces);
         h.bounces.clear();
         maybe_finish(r->ref);
@@ -693,11 +709,10 @@ void Delivery::finish_message(sched::MessageRef m) {
 // --- the destination side ----------------------------------------------------------------
 
 void Delivery::handle_job(const JobMsg& j) {
-    auto it = destinations_.find(j.dest_hash);
+    Destination* d = destinations_.find(j.dest_hash);
     uint64_t now = engine_.now_ms();
-    if (it != destinations_.end() &&
-        (it->second->resolution->expires_ms == 0 || it->second->resolution->expires_ms > now)) {
-        queue_job(*it->second, j);
+    if (d != nullptr && (d->resolution->expires_ms == 0 || d->resolution->expires_ms > now)) {
+        queue_job(*d, j);
         return;
     }
     // This core has not resolved the destination yet (or its answer expired): ask its own
@@ -724,14 +739,15 @@ void Delivery::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
             self->report(j, j.rcpts[i], o, text, "");
         return;
     }
-    auto& slot = self->destinations_[r->destination_hash];
-    if (!slot) {
-        slot = std::make_unique<Destination>(self->limits_);
-        slot->hash = r->destination_hash;
-    }
-    slot->resolution = r;
-    slot->port = self->config_.smarthost.empty() ? self->config_.delivery_port : r->port;
-    self->queue_job(*slot, j);
+    Destination& d =
+        self->destinations_.get_or_add(r->destination_hash, self->engine_.now_ms(), [&] {
+            auto made = std::make_unique<Destination>(self->limits_);
+            made->hash = r->destination_hash;
+            return made;
+        });
+    d.resolution = r;
+    d.port = self->config_.smarthost.empty() ? self->config_.delivery_port : r->port;
+    self->queue_job(d, j);
 }
 
 // A destination that is resting after every host failed takes no job: it is deferred at
@@ -818,6 +834,20 @@ void Delivery::on_tick() {
                     "4.4.7 message expired in the queue", "");
         maybe_finish(m);
     }
+    if (!dsn_read_retry_.empty()) {
+        size_t kept = 0;
+        for (size_t i = 0; i < dsn_read_retry_.size(); i++) {
+            auto [m, at] = dsn_read_retry_[i];
+            if (at > now) {
+                dsn_read_retry_[kept++] = dsn_read_retry_[i];
+                continue;
+            }
+            if (!table_.valid(m)) continue;
+            Held& h = held_[m.index];
+            if (!h.dsn_busy && h.inflight == 0 && !h.bounces.empty()) start_dsn(m);
+        }
+        dsn_read_retry_.resize(kept);
+    }
     if (!dsn_retry_.empty()) {
         auto retry = std::move(dsn_retry_);
         dsn_retry_.clear();
@@ -833,8 +863,10 @@ void Delivery::on_tick() {
         reader_.close_unlinked();
     }
     // Destinations that rested after a failure may take their waiting jobs again.
-    for (auto& [hash, d] : destinations_)
-        if (d->queue.ready() > 0) start_connections(*d);
+    destinations_.for_each([&](Destination& d) {
+        if (d.queue.ready() > 0) start_connections(d);
+    });
+    destinations_.trim(now);
     dispatch_due();
 }
 
@@ -912,7 +944,9 @@ void Delivery::compact() {
                     h.slot.segment_seq != lm.slot.segment_seq || h.slot.index != lm.slot.index)
                     continue;
                 sched::MessageRef ref{k, h.generation};
-                if (!table_.valid(ref) || h.inflight > 0 || h.dsn_busy) break;  // next round
+                // Not while bounces wait for their DSN: the copy would restate them as bounced.
+                if (!table_.valid(ref) || h.inflight > 0 || h.dsn_busy || !h.bounces.empty())
+                    break;  // next round
                 auto w = std::make_unique<CopyWaiter>();
                 w->owner = this;
                 w->ref = ref;

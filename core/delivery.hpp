@@ -112,6 +112,8 @@ class Delivery {
     void stop();                      // graceful stop: connections QUIT, nothing new starts
     [[nodiscard]] bool idle() const;  // no outbound connection open
     [[nodiscard]] size_t queued() const { return table_.size(); }
+    // Messages with recipients in an attempt (at most --active-queue-max).
+    [[nodiscard]] size_t active() const { return active_; }
 
     // For outbound connections.
     [[nodiscard]] Engine& engine() { return engine_; }
@@ -153,6 +155,13 @@ class Delivery {
         uint64_t tls_broken_until_ms = 0;       // `may`: handshake failed, clear until then
         uint16_t port = 25;
         explicit Destination(const sched::DestinationLimits& l) : queue(l) {}
+        // Nothing waits for it, no connection points at it, it is not resting after a
+        // failure: it may be forgotten (made again from DNS when mail comes for it). A
+        // remembered TLS failure is lost with it: the next connection tries TLS again.
+        [[nodiscard]] bool evictable(uint64_t now_ms) const {
+            return queue.ready() == 0 && queue.connections() == 0 &&
+                   queue.backoff_until_ms() <= now_ms;
+        }
     };
     struct Dispatch;  // one domain group of a due message, while its DNS answer is awaited
     // A job waiting on this core for its destination's DNS answer.
@@ -246,6 +255,9 @@ class Delivery {
     // Staging memory was short, or the commit failed: staged again at the next tick, with the
     // same queue id, for as long as it takes (a DSN is never dropped).
     std::vector<std::unique_ptr<DsnWaiter>> dsn_retry_;
+    // Messages whose original could not be read to build their DSN: read again then.
+    static constexpr uint64_t kDsnReadRetryMs = 10'000;
+    std::vector<std::pair<sched::MessageRef, uint64_t>> dsn_read_retry_;
 
     // Segment lifecycle (spool/lifecycle.hpp): a segment whose messages are all final, and all
     // of whose older siblings are gone, is deleted.
@@ -287,11 +299,12 @@ class Delivery {
     std::vector<uint32_t> domain_free_;
 
     std::vector<sched::MessageRef> due_;
+    size_t active_ = 0;  // messages with h.inflight > 0
     std::vector<uint32_t> rcpts_;
     std::vector<std::pair<sched::MessageRef, uint32_t>> expired_;
     std::vector<std::unique_ptr<Dispatch>> dispatch_free_;
 
-    std::unordered_map<uint64_t, std::unique_ptr<Destination>> destinations_;
+    sched::DestinationTable<Destination> destinations_;  // at most --max-destinations idle
     std::vector<std::unique_ptr<OutboundConnection>> conns_;
     std::vector<OutboundConnection*> conns_free_;
     uint32_t conns_open_ = 0;

@@ -336,13 +336,16 @@ void Engine::handle(const CoreMsg& m) {
 }
 
 // Messages to another core go on its channel; when the channel is full they wait in a local
-// outbox (bounded by the connection counts: a connection of ours has at most one permit
-// message and one AUTH message outstanding, and each answer we owe is for a connection of the
-// target's) and are retried every iteration. One wake per target per iteration.
+// outbox and are retried every iteration. One wake per target per iteration. Bounded: permit
+// and AUTH messages by the connection counts (a connection of ours has at most one of each
+// outstanding, and each answer we owe is for a connection of the target's); delivery jobs and
+// outcomes by the active queue, and delivery takes no new due work while the outbox holds
+// --channel-capacity messages (outbox_backlogged).
 void Engine::send_to(uint32_t core, const CoreMsg& m) {
     if (!outbox_[core].empty() || !shared_.mesh->ring(core_, core).try_push(m)) {
         stats_.channel_full++;
         outbox_[core].push_back(m);
+        outbox_count_++;
         return;
     }
     wake_[core] = true;
@@ -356,6 +359,7 @@ void Engine::flush_outbox() {
             i++;
         if (i) {
             box.erase(box.begin(), box.begin() + static_cast<long>(i));
+            outbox_count_ -= i;
             wake_[t] = true;
         }
         if (!wake_[t]) continue;

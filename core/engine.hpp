@@ -137,6 +137,11 @@ class Engine {
     [[nodiscard]] uint32_t cores() const { return ncores_; }
     void send_job(uint32_t core, const JobMsg& j);
     void send_outcome(uint32_t core, const OutcomeMsg& o);
+    // Messages waiting in the outbox for full channels reach --channel-capacity: delivery
+    // takes no new due work until they drain (what is already in an attempt still reports).
+    [[nodiscard]] bool outbox_backlogged() const {
+        return outbox_count_ >= config().channel_capacity;
+    }
     [[nodiscard]] Delivery* delivery() { return delivery_.get(); }
     // AUTH for connections: checks run on this core's AuthWorker thread; the result comes back
     // as Connection::auth_checked(). False: the worker is full (answer 454).
@@ -211,6 +216,7 @@ class Engine {
 
     std::unordered_map<smtp::IpAddress, uint32_t, IpHash> per_ip_;
     std::vector<std::vector<CoreMsg>> outbox_;  // per target core, when its channel was full
+    size_t outbox_count_ = 0;                   // in all of outbox_
     std::vector<bool> wake_;                    // per target core, pushed this iteration
 
     IoOp tick_op_{&Engine::on_tick_op, this};

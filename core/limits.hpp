@@ -76,6 +76,12 @@ inline constexpr uint64_t channel_memory_max_bytes = 8ull << 30;
 // --- Delivery --------------------------------------------------------------------------------
 inline constexpr size_t job_rcpts_max = 128;           // recipients in one cross-core job
 inline constexpr size_t outcome_text_max_bytes = 300;  // remote reply kept per outcome
+// Messages of one core in an attempt at once (Postfix's qmgr_message_active_limit): the rest
+// stay due in the queue and are taken as attempts end.
+inline constexpr uint32_t active_queue_max_default = 20000;
+// Destinations (MX host sets) one core remembers; idle ones past this are dropped, least
+// recently used first.
+inline constexpr uint32_t destinations_max_default = 10000;
 
 // --- Spool -----------------------------------------------------------------------------------
 inline constexpr uint64_t segment_bytes_default = 64ull << 20;

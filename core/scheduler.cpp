@@ -113,8 +113,9 @@ void MessageTable::settle(Slot& s, Rcpt& r, RcptState st) {
     s.pending--;
 }
 
-void MessageTable::take_due(uint64_t now_ms, std::vector<MessageRef>& out) {
-    while (!due_.empty() && due_.top().at_ms <= now_ms) {
+void MessageTable::take_due(uint64_t now_ms, std::vector<MessageRef>& out, size_t max) {
+    size_t taken = 0;
+    while (taken < max && !due_.empty() && due_.top().at_ms <= now_ms) {
         Due d = due_.top();
         due_.pop();
         Slot& s = slots_[d.index];
@@ -122,6 +123,7 @@ void MessageTable::take_due(uint64_t now_ms, std::vector<MessageRef>& out) {
         s.scheduled_ms = UINT64_MAX;
         if (s.pending == 0) continue;
         out.push_back({d.index, d.generation});
+        taken++;
     }
 }
 

@@ -20,9 +20,12 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
+#include <memory>
 #include <queue>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace ringmail::sched {
@@ -71,9 +74,10 @@ class MessageTable {
     void restore(MessageRef m, uint32_t rcpt, RcptState s, uint32_t attempts,
                  uint64_t next_attempt_ms);
 
-    // Messages with at least one pending recipient due at now_ms, each reported once per call.
-    // Appends to `out`; the caller then asks due_rcpts() for each.
-    void take_due(uint64_t now_ms, std::vector<MessageRef>& out);
+    // Messages with at least one pending recipient due at now_ms, each reported once per call,
+    // at most `max` of them (the others stay due, earliest first, for a later call). Appends to
+    // `out`; the caller then asks due_rcpts() for each.
+    void take_due(uint64_t now_ms, std::vector<MessageRef>& out, size_t max = SIZE_MAX);
     // The recipients of m to attempt now (pending, due, not already in an attempt); they are
     // marked in flight until their outcome() comes. Appends rcpt indexes to `out`.
     void due_rcpts(MessageRef m, uint64_t now_ms, std::vector<uint32_t>& out);
@@ -186,8 +190,13 @@ class BasicDestinationQueue {
         if (sent >= limits_.messages_per_connection || ready() == 0) return false;
         *out = ready_[head_++];
         if (head_ == ready_.size()) {
-            ready_.clear();  // keeps its capacity
+            ready_.clear();  // keeps a little capacity: the next job needs no allocation
             head_ = 0;
+            // An idle destination keeps no more than that, whatever its busiest hour took.
+            if (ready_.capacity() > kIdleJobsKept) {
+                ready_.shrink_to_fit();
+                ready_.reserve(kIdleJobsKept);
+            }
         } else if (head_ > 1024 && head_ * 2 > ready_.size()) {
             ready_.erase(ready_.begin(), ready_.begin() + static_cast<long>(head_));
             head_ = 0;
@@ -201,11 +210,13 @@ class BasicDestinationQueue {
     void drain(std::vector<J>& out) {
         out.insert(out.end(), ready_.begin() + static_cast<long>(head_), ready_.end());
         ready_.clear();
+        ready_.shrink_to_fit();
         head_ = 0;
     }
     [[nodiscard]] const DestinationLimits& limits() const { return limits_; }
 
   private:
+    static constexpr size_t kIdleJobsKept = 4;
     DestinationLimits limits_;
     std::vector<J> ready_;
     size_t head_ = 0;
@@ -215,5 +226,71 @@ class BasicDestinationQueue {
 };
 
 using DestinationQueue = BasicDestinationQueue<Job>;
+
+// The destinations one core serves, keyed by the hash of their MX host set, bounded: past `max`
+// entries the least recently used destination that is idle — D::evictable(now): no job
+// waiting, no connection, not resting after a failure — is dropped, and made again from DNS
+// when mail comes for it. A destination in use is never dropped (its connections point at it);
+// how many can be in use is bounded by the active-queue and connection limits, and the table
+// comes back under `max` (trim) as they fall idle.
+template <typename D>
+class DestinationTable {
+  public:
+    explicit DestinationTable(size_t max) : max_(max == 0 ? 1 : max) {}
+
+    // The destination, made the most recently used; null when unknown.
+    [[nodiscard]] D* find(uint64_t hash) {
+        auto it = map_.find(hash);
+        if (it == map_.end()) return nullptr;
+        lru_.splice(lru_.begin(), lru_, it->second.lru);
+        return it->second.d.get();
+    }
+    // The destination for hash; when unknown, made by make() (a std::unique_ptr<D>) after
+    // idle ones past the bound are dropped.
+    template <typename Make>
+    D& get_or_add(uint64_t hash, uint64_t now_ms, Make&& make) {
+        if (D* d = find(hash)) return *d;
+        if (map_.size() >= max_) evict(now_ms, map_.size() + 1 - max_, kScanPerAdd);
+        lru_.push_front(hash);
+        auto it = map_.emplace(hash, Entry{make(), lru_.begin()}).first;
+        return *it->second.d;
+    }
+    // Back under the bound if destinations in use kept it over (a timer calls this).
+    void trim(uint64_t now_ms) {
+        if (map_.size() > max_) evict(now_ms, map_.size() - max_, map_.size());
+    }
+    template <typename F>
+    void for_each(F&& f) {
+        for (auto& [hash, e] : map_)
+            f(*e.d);
+    }
+    [[nodiscard]] size_t size() const { return map_.size(); }
+    [[nodiscard]] size_t max() const { return max_; }
+
+  private:
+    // Bounded work per insertion: a destination found in use is moved to the front, so the
+    // next look starts past it.
+    static constexpr size_t kScanPerAdd = 64;
+    struct Entry {
+        std::unique_ptr<D> d;
+        std::list<uint64_t>::iterator lru;
+    };
+    void evict(uint64_t now_ms, size_t n, size_t scan) {
+        for (; n > 0 && scan > 0 && !lru_.empty(); scan--) {
+            auto last = std::prev(lru_.end());
+            auto it = map_.find(*last);
+            if (it->second.d->evictable(now_ms)) {
+                map_.erase(it);
+                lru_.erase(last);
+                n--;
+            } else {
+                lru_.splice(lru_.begin(), lru_, last);
+            }
+        }
+    }
+    size_t max_;
+    std::unordered_map<uint64_t, Entry> map_;
+    std::list<uint64_t> lru_;  // most recently used first
+};
 
 }  // namespace ringmail::sched

@@ -7,8 +7,11 @@ Postfix's smtp-sink deferred, per-recipient 5xx giving exactly one RFC 3464 DSN 
 own MX, no DSN for a bounce of a bounce, queue lifetime expiry (4.4.7), domains sharing an MX
 sharing its connections within --max-connections-per-destination, a restart in the middle of a
 retry schedule losing and repeating nothing, the Received-header loop limit (5.4.6), and a
-multi-recipient transaction sent pipelined. Every delivered body is checked byte for byte: the
-relay's Received header followed by exactly what the client sent.
+multi-recipient transaction sent pipelined; a DSN durable before the bounces it reports (in
+spool log order, across segment boundaries) and waiting, never dropped, while its original cannot
+be read; every delivery line naming its recipient; recipients past a server's RCPT limit sent in
+the next transaction at once; the active-queue limit. Every delivered body is checked byte for
+byte: the relay's Received header followed by exactly what the client sent.
 
 Isolation: ringmail listens on 127.0.0.1 only and asks only the dnsmasq of the test
 (--dns-server), never the machine's resolvers; every MX host is a peer of the test on
@@ -17,6 +20,7 @@ Isolation: ringmail listens on 127.0.0.1 only and asks only the dnsmasq of the t
 
 import email
 import email.policy
+import os
 import re
 
 import pytest
@@ -510,6 +514,43 @@ def test_dsn_is_durable_before_the_bounces_it_reports(net, helpers):
         assert int(dsn["id"], 16) & 0xFF == int(i, 16) & 0xFF  # one core: one log
         assert dsn["log_index"] < status["log_index"], (i, dsn, status)
 
+
+def test_dsn_waits_while_the_original_cannot_be_read(net, helpers):
+    """A DSN is never given up: while the original cannot be read to build it, its bounce is
+    not recorded (the recipient stays deferred in the spool), and once the read succeeds the
+    DSN goes out and only then is the bounce recorded."""
+    upstream = ServfailResponder().start()
+    net.peers.append(upstream)
+    net.dns.restart(zone() + [f"--server=/servfail.test/127.0.0.1#{upstream.port}"])
+    sender_mx = net.capture("sender")
+    d = net.daemon()
+    mid, _ = send(d, helpers, ["erin@servfail.test"], "unreadable")
+    wait_states(d, mid, ["deferred"])
+    e = d.spool_by_id()[mid]
+    path = os.path.join(d.spool_dir, f"core-{int(mid, 16) & 0xFF}", f"{e['segment']:016x}.seg")
+    at = e["offset"] + e["body_bytes"] // 2 + 200  # inside the record: its checksum fails
+    with open(path, "r+b") as f:
+        f.seek(at)
+        good = f.read(1)
+        f.seek(at)
+        f.write(bytes([good[0] ^ 0xFF]))
+    try:
+        net.dns.restart(zone())  # servfail.test is NXDOMAIN now: the recipient bounces (5.1.2)
+        wait_status(d, mid, 0, "bounced")
+        wait_for(lambda: f"bounce of {mid}: cannot read the original" in d.log_text(),
+                 "the DSN read failure logged")
+        assert f"bounce of {mid}: DSN" not in d.log_text()
+    finally:
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(good)
+    env = wait_envelopes(sender_mx, 1, timeout=30)[0]  # the read is tried again
+    check_dsn_envelope(env)
+    _, _, per_rcpt, _ = dsn_of(env)
+    assert fields(per_rcpt[0])["status"].strip() == "5.1.2"
+    wait_states(d, mid, ["bounced"])
+    assert len(sender_mx.snapshot()) == 1
+
 def test_bounce_of_a_null_sender_message_makes_no_dsn(net, helpers):
     net.capture("reject", reject={"bad1@r.test": "550 5.1.1 no such user"})
     sender_mx = net.capture("sender")
@@ -593,6 +634,46 @@ def test_multi_recipient_transaction_is_one_pipelined_transaction(net, helpers):
     assert len(cmd_chunks) < 4, cmd_chunks
     wait_states(d, mid, ["delivered"] * 3)
 
+
+
+def test_active_queue_limit_holds_back_due_messages_until_room_frees(net, helpers):
+    """--active-queue-max: at most that many messages of a core are in an attempt at once
+    (Postfix's qmgr_message_active_limit); the others stay due and go as attempts end, not
+    deferred and not after a retry interval."""
+    srv = net.capture("shared", data_delay_s=0.3)
+    d = net.daemon("--threads", "1", "--active-queue-max", "2", "--outbound-idle-ms", "30000",
+                   retry="10m:1h")
+    ids = []
+    with d.smtp() as s:
+        assert s.ehlo()[0] == 250
+        for i in range(8):
+            rcpt = f"user{i}@{SHARED_DOMAINS[i % 10]}"
+            assert s.sendmail(SENDER, [rcpt], message(f"active-{i}")) == {}
+        s.quit()
+    ids = [e["id"] for e in d.spool_json()]
+    envs = wait_envelopes(srv, 8, timeout=30)
+    assert len(envs) == 8
+    # Eight messages to one destination that allows 20 connections: two at a time.
+    assert srv.max_open <= 2, srv.max_open
+    for mid in ids:
+        line = wait_status(d, mid, 0, "delivered")
+        assert line["attempts"] == 1, line
+        assert [x["status"] for x in attempts_of(d, mid)] == ["delivered"]
+
+
+def test_forgotten_destinations_are_made_again_from_dns(net, helpers):
+    """--max-destinations 1: each new destination pushes the idle other one out of the table;
+    mail for a forgotten destination resolves it again and is delivered like the first time."""
+    low = net.capture("pref_low")
+    imp = net.capture("implicit")
+    d = net.daemon("--threads", "1", "--max-destinations", "1", "--outbound-idle-ms", "50")
+    for round_ in range(3):
+        a, _ = send(d, helpers, [f"a{round_}@pref.test"], f"forget-a{round_}")
+        assert wait_status(d, a, 0, "delivered")["attempts"] == 1
+        b, _ = send(d, helpers, [f"b{round_}@implicit.test"], f"forget-b{round_}")
+        assert wait_status(d, b, 0, "delivered")["attempts"] == 1
+    assert sorted(low.rcpts()) == [f"a{i}@pref.test" for i in range(3)]
+    assert sorted(imp.rcpts()) == [f"b{i}@implicit.test" for i in range(3)]
 
 # --- restart and loops ---------------------------------------------------------------------
 

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <memory>
+
 namespace ringmail::sched {
 namespace {
 
@@ -83,6 +86,29 @@ TEST(MessageTable, NewMessageIsDueAtOnceAndOnlyOnce) {
     due.clear();
     t.take_due(1000, due);
     EXPECT_TRUE(due.empty());
+}
+
+// The active-queue limit: take_due hands out at most `max` messages; the others stay due,
+// earliest first, and come out on later calls as room frees.
+TEST(MessageTable, TakeDueHandsOutAtMostMaxAndKeepsTheRest) {
+    MessageTable t(RetryPolicy{});
+    std::vector<MessageRef> refs;
+    for (uint64_t i = 0; i < 10; i++)
+        refs.push_back(t.add(100 + i, 0, 1, i));  // due at 0, 1, ..., 9
+    std::vector<MessageRef> due;
+    t.take_due(50, due, 3);
+    ASSERT_EQ(due.size(), 3u);
+    for (size_t i = 0; i < 3; i++)
+        EXPECT_EQ(t.id(due[i]), 100 + i) << "earliest first";
+    due.clear();
+    t.take_due(50, due, 0);
+    EXPECT_TRUE(due.empty());
+    t.take_due(50, due, 100);
+    ASSERT_EQ(due.size(), 7u) << "the rest stayed due";
+    EXPECT_EQ(t.id(due[0]), 103u);
+    due.clear();
+    t.take_due(50, due, 100);
+    EXPECT_TRUE(due.empty()) << "each handed out once";
 }
 
 TEST(MessageTable, DeferredRecipientComesBackAtItsRetryTime) {
@@ -241,6 +267,94 @@ TEST(DestinationQueue, ConnectionsFollowTheWorkUpToTheLimit) {
     q.drain(back);
     EXPECT_EQ(back.size(), 3u);
     EXPECT_EQ(q.ready(), 0u);
+}
+
+// The rest of a job the server cut short (452 after some RCPTs) goes before every other job.
+TEST(DestinationQueue, TheRestOfACutShortJobGoesNext) {
+    DestinationQueue q(DestinationLimits{});
+    for (uint64_t i = 1; i <= 3; i++)
+        q.push(Job{i, 0, {0, 1}, 0, 1});
+    Job j;
+    ASSERT_TRUE(q.next(0, &j));
+    EXPECT_EQ(j.message_id, 1u);
+    q.push_front(Job{10, 0, {0, 1}, 0, 1});  // into the slot the taken job left
+    ASSERT_TRUE(q.next(1, &j));
+    EXPECT_EQ(j.message_id, 10u);
+    ASSERT_TRUE(q.next(2, &j));
+    EXPECT_EQ(j.message_id, 2u);
+    ASSERT_TRUE(q.next(3, &j));
+    EXPECT_EQ(j.message_id, 3u);
+    q.push_front(Job{11, 0, {0, 1}, 0, 1});  // into an empty queue
+    q.push_front(Job{12, 0, {0, 1}, 0, 1});
+    ASSERT_TRUE(q.next(4, &j));
+    EXPECT_EQ(j.message_id, 12u);
+    ASSERT_TRUE(q.next(5, &j));
+    EXPECT_EQ(j.message_id, 11u);
+    EXPECT_EQ(q.ready(), 0u);
+}
+
+// --- the destination table ---------------------------------------------------------------
+
+struct FakeDestination {
+    uint64_t hash = 0;
+    bool in_use = false;         // a job waits or a connection is open
+    uint64_t resting_until = 0;  // backing off after every host failed
+    [[nodiscard]] bool evictable(uint64_t now) const { return !in_use && resting_until <= now; }
+};
+
+std::unique_ptr<FakeDestination> make_fake(uint64_t hash) {
+    auto d = std::make_unique<FakeDestination>();
+    d->hash = hash;
+    return d;
+}
+
+// A run that meets 100,000 distinct destination domains (each its own MX host set) keeps at
+// most the bound in memory: idle destinations are forgotten, least recently used first.
+TEST(DestinationTable, HundredThousandDestinationsStayWithinTheBound) {
+    constexpr size_t kMax = 1000;
+    DestinationTable<FakeDestination> t(kMax);
+    uint64_t x = 88172645463325252ull;
+    size_t most = 0;
+    for (uint64_t i = 0; i < 100'000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        FakeDestination& d = t.get_or_add(x, i, [&] { return make_fake(x); });
+        EXPECT_EQ(d.hash, x);
+        // A job goes through it and it falls idle.
+        d.in_use = true;
+        d.in_use = false;
+        most = std::max(most, t.size());
+    }
+    EXPECT_LE(most, kMax);
+    EXPECT_EQ(t.size(), kMax);
+}
+
+TEST(DestinationTable, DestinationsInUseOrRestingAreKept) {
+    DestinationTable<FakeDestination> t(4);
+    for (uint64_t h = 1; h <= 4; h++)
+        t.get_or_add(h, 0, [&] { return make_fake(h); });
+    t.find(1)->in_use = true;         // oldest, but a connection points at it
+    t.find(2)->resting_until = 1000;  // backing off
+    EXPECT_NE(t.find(3), nullptr);    // used again: now more recent than 4
+    t.get_or_add(5, 10, [&] { return make_fake(5); });
+    EXPECT_EQ(t.size(), 4u);
+    EXPECT_NE(t.find(1), nullptr);
+    EXPECT_NE(t.find(2), nullptr);
+    EXPECT_NE(t.find(3), nullptr);
+    EXPECT_EQ(t.find(4), nullptr) << "the least recently used idle one goes";
+    EXPECT_NE(t.find(5), nullptr);
+
+    // Every destination in use: the table goes over the bound rather than drop one, and comes
+    // back under it once they fall idle.
+    for (uint64_t h : {1, 2, 3, 5})
+        t.find(h)->in_use = true;
+    t.get_or_add(6, 20, [&] { return make_fake(6); });
+    t.find(6)->in_use = true;
+    EXPECT_EQ(t.size(), 5u);
+    for (uint64_t h : {1, 2, 3, 5, 6})
+        t.find(h)->in_use = false;
+    t.trim(20);
+    EXPECT_EQ(t.size(), 4u);
+    EXPECT_NE(t.find(2), nullptr) << "resting until 1000: kept";
 }
 
 }  // namespace
