@@ -366,13 +366,18 @@ TEST_F(SpoolToolStates, JsonListAndStatusShowEachRecipientsLatestState) {
     EXPECT_NE(line.find("\"segment\":2,\"offset\":" + std::to_string(copy_at)), std::string::npos)
         << line;
     EXPECT_NE(line.find("\"copies\":2"), std::string::npos) << line;
+    // log_index: each record's rank in its core's log (the latest copy of the message, each
+    // status), so a reader can tell what was written before what.
+    EXPECT_NE(line.find("\"copies\":2,\"log_index\":4,"), std::string::npos) << line;
     EXPECT_NE(line.find("\"rcpt_states\":[{\"state\":\"deferred\",\"attempts\":1,\"at_unix_us\":"
                         "1000,\"next_attempt_unix_us\":5000000,\"remote\":\"mx.example.net["
-                        "192.0.2.1]\",\"reply\":\"451 4.7.1 later\"},{\"state\":\"delivered\""),
+                        "192.0.2.1]\",\"reply\":\"451 4.7.1 later\",\"log_index\":5},{\"state\":"
+                        "\"delivered\""),
               std::string::npos)
         << line;
     EXPECT_NE(line.find("{\"state\":\"bounced\",\"attempts\":1,\"at_unix_us\":1000,\"remote\":"
-                        "\"mx.example.net[192.0.2.1]\",\"reply\":\"550 5.1.1 no such user\"}]}\n"),
+                        "\"mx.example.net[192.0.2.1]\",\"reply\":\"550 5.1.1 no such user\","
+                        "\"log_index\":7}]}\n"),
               std::string::npos)
         << line;
 
@@ -408,7 +413,8 @@ TEST_F(SpoolToolStates, AMessageWithoutStatusesIsAllPending) {
     CoreScan js;
     ASSERT_TRUE(scan(render_json, js));
     const std::string line = json_line(*js.fold.find(0x22), js.entries.at(0x22));
-    EXPECT_NE(line.find("\"copies\":1,\"rcpt_states\":[{\"state\":\"pending\",\"attempts\":0}]}\n"),
+    EXPECT_NE(line.find("\"copies\":1,\"log_index\":0,\"rcpt_states\":[{\"state\":\"pending\","
+                        "\"attempts\":0}]}\n"),
               std::string::npos)
         << line;
 }
