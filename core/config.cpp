@@ -372,6 +372,14 @@ int parse_config(int argc, char** argv, Config& c) {
             c.listen.push_back(a);
         }
     }
+    // The second bind of one address would fail after recovery, with exit code 1.
+    for (size_t i = 0; i < c.listen.size(); i++)
+        for (size_t k = 0; k < i; k++)
+            if (c.listen[i].host == c.listen[k].host && c.listen[i].port == c.listen[k].port)
+                return refuse(
+                    "%s:%u is listed twice (--listen, --submission-listen, "
+                    "--smtps-listen)",
+                    c.listen[i].host.c_str(), c.listen[i].port);
     if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
         fprintf(stderr, "ringmail: --tls-cert and --tls-key go together\n");
         return 3;
