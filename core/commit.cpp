@@ -63,6 +63,7 @@ Committer::Committer(Reactor& reactor, const Config& config, uint32_t core, Queu
       queue_(queue),
       pool_(limits::staging_chunk_bytes, config.staging_memory_max_bytes) {
     pending_.reserve(limits::commit_batch_messages_max);
+    failing_.reserve(limits::commit_batch_messages_max);
     depth_ = std::clamp<uint32_t>(config.commit_depth, 1, kDepthMax);
     for (uint32_t i = 0; i < kDepthMax; i++) {
         Batch& b = batches_[i];
@@ -306,16 +307,20 @@ void Committer::flush(uint64_t now_us) {
 }
 
 void Committer::fail_pending(smtp::CommitResult r) {
-    for (CommitWaiter* w : pending_) {
+    // A waiter told of its failure may submit its next message at once (a pipelined BDAT
+    // transaction): that one goes to the fresh pending_, not into this loop or its clear().
+    failing_.swap(pending_);
+    for (CommitWaiter* w : failing_) {
         w->builder.reset();
         w->sealed = false;
         stats_.failed++;
         w->commit_finished(r);
     }
-    pending_.clear();
+    failing_.clear();
 }
 
-// The head of the queue cannot be placed now: it alone gets r, the others stay.
+// The head of the queue cannot be placed now: it alone gets r, the others stay. Its waiter may
+// submit again at once (unsealed, at the back).
 void Committer::fail_head(smtp::CommitResult r) {
     CommitWaiter* w = pending_.front();
     pending_.erase(pending_.begin());
@@ -339,6 +344,14 @@ void Committer::close_segment_fd(int fd) {
     io_uring_prep_close(s, fd);
 }
 
+void Committer::seal_pending() {
+    for (CommitWaiter* w : pending_) {
+        if (w->sealed) continue;
+        RM_ASSERT(w->builder.seal(salt_));
+        w->sealed = true;
+    }
+}
+
 void Committer::start_batch() {
     Batch& b = batches_[(head_ + inflight_) % kDepthMax];
     RM_ASSERT(!b.active && b.waiters.empty());
@@ -349,11 +362,7 @@ void Committer::start_batch() {
     // Statuses of a failed batch go first, in their order, then the new ones.
     const uint64_t status_bytes = statuses_retry_.size() + statuses_.size();
     uint64_t bytes = status_bytes;
-    for (CommitWaiter* w : pending_) {
-        if (w->sealed) continue;
-        RM_ASSERT(w->builder.seal(salt_));
-        w->sealed = true;
-    }
+    seal_pending();
     bool placed = false;
     for (;;) {
         if (current_.fd < 0 || current_.fenced || current_.size - current_.offset < status_bytes) {
@@ -374,6 +383,7 @@ void Committer::start_batch() {
             // Not even an empty segment holds the head: one shrunk for a nearly full disk.
             // That message is refused as for a full disk; the ones after it may fit.
             fail_head(smtp::CommitResult::no_space);
+            seal_pending();
             continue;
         }
         // The head does not fit what is left of this segment: move to the next one.

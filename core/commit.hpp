@@ -168,6 +168,7 @@ class Committer {
     void close_segment_fd(int fd);
     void fail_pending(smtp::CommitResult r);
     void fail_head(smtp::CommitResult r);
+    void seal_pending();
     [[nodiscard]] bool shrink_next();
     bool rotate();
     void prepare_next();
@@ -203,8 +204,9 @@ class Committer {
     char header_buf_[128];
 
     std::vector<CommitWaiter*> pending_;
-    std::vector<char> statuses_;        // encoded status records for the next batch
-    std::vector<char> statuses_retry_;  // those of failed batches, to go first
+    std::vector<CommitWaiter*> failing_;  // pending_ swapped out while fail_pending answers
+    std::vector<char> statuses_;          // encoded status records for the next batch
+    std::vector<char> statuses_retry_;    // those of failed batches, to go first
     std::array<Batch, kDepthMax> batches_;
     uint32_t depth_ = 1;
     uint32_t head_ = 0;  // oldest batch in flight
