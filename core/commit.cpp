@@ -312,7 +312,8 @@ void Committer::fail_pending(smtp::CommitResult r) {
     failing_.clear();
 }
 
-// The head of the queue cannot be placed now: it alone gets r, the others stay.
+// The head of the queue cannot be placed now: it alone gets r, the others stay. Its waiter may
+// submit again at once (unsealed, at the back).
 void Committer::fail_head(smtp::CommitResult r) {
     CommitWaiter* w = pending_.front();
     pending_.erase(pending_.begin());
@@ -336,6 +337,14 @@ void Committer::close_segment_fd(int fd) {
     io_uring_prep_close(s, fd);
 }
 
+void Committer::seal_pending() {
+    for (CommitWaiter* w : pending_) {
+        if (w->sealed) continue;
+        RM_ASSERT(w->builder.seal(salt_));
+        w->sealed = true;
+    }
+}
+
 void Committer::start_batch() {
     Batch& b = batches_[(head_ + inflight_) % kDepthMax];
     RM_ASSERT(!b.active && b.waiters.empty());
@@ -346,11 +355,7 @@ void Committer::start_batch() {
     // Statuses of a failed batch go first, in their order, then the new ones.
     const uint64_t status_bytes = statuses_retry_.size() + statuses_.size();
     uint64_t bytes = status_bytes;
-    for (CommitWaiter* w : pending_) {
-        if (w->sealed) continue;
-        RM_ASSERT(w->builder.seal(salt_));
-        w->sealed = true;
-    }
+    seal_pending();
     bool placed = false;
     for (;;) {
         if (current_.fd < 0 || current_.fenced || current_.size - current_.offset < status_bytes) {
@@ -371,6 +376,7 @@ void Committer::start_batch() {
             // Not even an empty segment holds the head: one shrunk for a nearly full disk.
             // That message is refused as for a full disk; the ones after it may fit.
             fail_head(smtp::CommitResult::no_space);
+            seal_pending();
             continue;
         }
         // The head does not fit what is left of this segment: move to the next one.

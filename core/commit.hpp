@@ -168,6 +168,7 @@ class Committer {
     void close_segment_fd(int fd);
     void fail_pending(smtp::CommitResult r);
     void fail_head(smtp::CommitResult r);
+    void seal_pending();
     [[nodiscard]] bool shrink_next();
     bool rotate();
     void prepare_next();

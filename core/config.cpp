@@ -270,10 +270,24 @@ int parse_config(int argc, char** argv, Config& c) {
         return app.exit(e) == 0 ? 1 : 3;
     }
 
+    // Every ordered pair of cores has a channel; its slots are touched as it cycles.
+    auto channel_bytes = [&](uint64_t threads) {
+        return threads * (threads - 1) * c.channel_capacity * sizeof(CoreMsg);
+    };
     if (c.threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         c.threads =
             std::clamp<uint32_t>(n > 0 ? static_cast<uint32_t>(n) : 1, 1, limits::threads_max);
+        // A default is lowered rather than refused: a machine with many CPUs still starts.
+        const uint32_t online = c.threads;
+        while (c.threads > 1 && channel_bytes(c.threads) > limits::channel_memory_max_bytes)
+            c.threads--;
+        if (c.threads < online)
+            fprintf(stderr,
+                    "ringmail: %u threads, not one per each of the %u CPUs: the channels "
+                    "between more would take over %llu bytes (set --threads)\n",
+                    c.threads, online,
+                    static_cast<unsigned long long>(limits::channel_memory_max_bytes));
     }
     auto pow2 = [](uint32_t v) { return (v & (v - 1)) == 0; };
     if (!pow2(c.recv_buffer_count))
@@ -285,14 +299,12 @@ int parse_config(int argc, char** argv, Config& c) {
             "--recv-buffer-bytes x --recv-buffer-count must be at most %llu bytes "
             "per thread",
             static_cast<unsigned long long>(limits::recv_buffer_memory_max_bytes));
-    // Every ordered pair of cores has a channel; its slots are touched as it cycles.
-    const uint64_t channel_bytes =
-        uint64_t{c.threads} * (c.threads - 1) * c.channel_capacity * sizeof(CoreMsg);
-    if (channel_bytes > limits::channel_memory_max_bytes)
+    if (channel_bytes(c.threads) > limits::channel_memory_max_bytes)
         return refuse(
             "--threads %u with --channel-capacity %u needs %llu bytes of channels; at "
             "most %llu: lower one of them",
-            c.threads, c.channel_capacity, static_cast<unsigned long long>(channel_bytes),
+            c.threads, c.channel_capacity,
+            static_cast<unsigned long long>(channel_bytes(c.threads)),
             static_cast<unsigned long long>(limits::channel_memory_max_bytes));
     if (c.hostname.empty()) {
         c.hostname = default_hostname();
@@ -382,6 +394,14 @@ int parse_config(int argc, char** argv, Config& c) {
             c.listen.push_back(a);
         }
     }
+    // The second bind of one address would fail after recovery, with exit code 1.
+    for (size_t i = 0; i < c.listen.size(); i++)
+        for (size_t k = 0; k < i; k++)
+            if (c.listen[i].host == c.listen[k].host && c.listen[i].port == c.listen[k].port)
+                return refuse(
+                    "%s:%u is listed twice (--listen, --submission-listen, "
+                    "--smtps-listen)",
+                    c.listen[i].host.c_str(), c.listen[i].port);
     if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
         fprintf(stderr, "ringmail: --tls-cert and --tls-key go together\n");
         return 3;

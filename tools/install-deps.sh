@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburing-dev libwolfssl-dev libudns-dev libmimalloc-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev)
 if [ "${1:-}" = test ]; then
-    pkgs+=(python3 python3-pytest python3-aiosmtpd swaks postfix dnsmasq openssl clang-format iproute2
+    pkgs+=(python3 python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl
+           postfix dnsmasq openssl clang-format iproute2
            clang-14 libclang-rt-14-dev llvm-14)
 fi
 missing=()

@@ -71,6 +71,7 @@ BAD = [
     (["--listen", "localhost:2525"], "--listen"),
     (["--listen", "300.1.1.1:2525"], "--listen"),
     (["--submission-listen", "nowhere:587"], "nowhere:587"),
+    (["--listen", "127.0.0.1:2,127.0.0.1:2"], "listed twice"),
     (["--dns-server", "resolver.example"], "--dns-server"),
     (["--dns-server", "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7"],
      "--dns-server"),
