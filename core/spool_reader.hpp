@@ -3,9 +3,9 @@
 // Delivery reads a message's record (envelope and text) from the segment that holds it, which
 // may belong to another core's directory: records are immutable once their commit completed,
 // so reading them needs no coordination. Segment files are opened read-only once and kept
-// (bounded cache; the least recently used is closed, and so is a segment found unlinked). Every read is verified (magic, length,
-// salted crc through spool::decode_record, then decode_message): a record that fails is an
-// operating error reported to the caller, never delivered.
+// (bounded cache; the least recently used is closed, and so is a segment found unlinked). Every
+// read is verified (magic, length, salted crc through spool::decode_record, then decode_message): a
+// record that fails is an operating error reported to the caller, never delivered.
 #pragma once
 
 #include <cstdint>
