@@ -1,5 +1,5 @@
 // config.cpp — flags with CLI11; --config FILE takes the same keys as "key = value" lines.
-#include "core/program/config.hpp"
+#include "core/base/config.hpp"
 
 #include "core/queue/scheduler.hpp"
 #include "dns/destination.hpp"

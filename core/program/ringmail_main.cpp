@@ -15,9 +15,9 @@
 #include <thread>
 #include <unordered_map>
 
+#include "core/base/config.hpp"
 #include "core/base/log.hpp"
-#include "core/program/config.hpp"
-#include "core/runtime/engine.hpp"
+#include "core/engine/engine.hpp"
 #include "net/inbound/listener.hpp"
 #include "spool/recovery.hpp"
 #include "spool/status.hpp"

@@ -12,7 +12,7 @@
 #include <ctime>
 
 #include "core/base/log.hpp"
-#include "core/runtime/engine.hpp"
+#include "core/engine/engine.hpp"
 #include "net/outbound/outbound.hpp"
 #include "net/smtp/smtp_dsn.hpp"
 #include "spool/recovery.hpp"

@@ -22,7 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/program/config.hpp"
+#include "core/base/config.hpp"
 #include "core/queue/queue.hpp"
 #include "core/queue/scheduler.hpp"
 #include "core/runtime/reactor.hpp"

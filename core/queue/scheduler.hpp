@@ -14,7 +14,7 @@
 //    recipients per transaction, caps concurrent connections, and backs the whole destination
 //    off when every host failed.
 //
-// The engine (core/runtime/engine.cpp) carries jobs and outcomes between the two over the
+// The engine (core/engine/engine.cpp) carries jobs and outcomes between the two over the
 // core-to-core channels, and writes each outcome as a status record in the spool. Nothing here does
 // I/O, reads a clock or allocates per operation in the steady state (tables reserve their
 // capacity).

@@ -11,7 +11,7 @@
 #include <new>
 
 #include "core/base/log.hpp"
-#include "core/runtime/engine.hpp"
+#include "core/engine/engine.hpp"
 
 namespace ringmail {
 namespace {

@@ -23,7 +23,7 @@
 #include <memory>
 #include <vector>
 
-#include "core/program/config.hpp"
+#include "core/base/config.hpp"
 #include "core/runtime/reactor.hpp"
 #include "net/smtp/smtp_server.hpp"
 #include "spool/io/commit.hpp"

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "core/program/config.hpp"
+#include "core/base/config.hpp"
 
 namespace ringmail::net {
 

@@ -10,7 +10,7 @@
 #include <cstring>
 
 #include "core/base/log.hpp"
-#include "core/runtime/engine.hpp"
+#include "core/engine/engine.hpp"
 
 namespace ringmail {
 namespace {

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "core/base/commit_result.hpp"
-#include "core/program/config.hpp"
+#include "core/base/config.hpp"
 #include "core/queue/queue.hpp"
 #include "core/runtime/reactor.hpp"
 #include "spool/record.hpp"

@@ -16,7 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/program/config.hpp"
+#include "core/base/config.hpp"
 #include "core/queue/delivery.hpp"
 #include "core/queue/queue.hpp"
 #include "core/runtime/channel.hpp"

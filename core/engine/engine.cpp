@@ -1,5 +1,5 @@
 // engine.cpp — see engine.hpp.
-#include "core/runtime/engine.hpp"
+#include "core/engine/engine.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
