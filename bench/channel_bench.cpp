@@ -1,10 +1,10 @@
-// channel_bench.cpp — throughput of the core-to-core SpscRing (core/channel.hpp) between two
-// threads, for single pushes/pops and for batches of 64 (how the reactor loop drains).
+// channel_bench.cpp — throughput of the core-to-core SpscRing (core/runtime/channel.hpp) between
+// two threads, for single pushes/pops and for batches of 64 (how the reactor loop drains).
 //
 // The benchmark thread is the producer; a consumer thread spins on pop_batch until it has seen
 // every value. Wake-ups are left out on purpose: they cost one MSG_RING per loop iteration, not
 // per value, so this measures the ring itself. Reported as items/s.
-#include "core/channel.hpp"
+#include "core/runtime/channel.hpp"
 
 #include <benchmark/benchmark.h>
 

@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "core/scheduler.hpp"
+#include "core/queue/scheduler.hpp"
 
 namespace {
 

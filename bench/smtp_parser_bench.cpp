@@ -9,8 +9,8 @@
 #include <string>
 #include <string_view>
 
-#include "net/relay_policy.hpp"
-#include "net/smtp_server.hpp"
+#include "net/smtp/relay_policy.hpp"
+#include "net/smtp/smtp_server.hpp"
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/limits.hpp"
+#include "core/base/limits.hpp"
 #include "spool/record.hpp"
 
 namespace {

@@ -1,4 +1,4 @@
-// tool_sink.cpp — see tool_sink.hpp. The connection driver follows net/connection.cpp: a
+// tool_sink.cpp — see tool_sink.hpp. The connection driver follows net/inbound/connection.cpp: a
 // multishot recv from the core's provided buffers, one send at a time from the session's output,
 // received buffers kept (bounded) while the session cannot take them, and completion contexts
 // embedded in the connection. --data-delay-ms is a ring timeout per connection, never a sleep.
@@ -16,9 +16,9 @@
 #include <thread>
 
 #include "bench/tool_common.hpp"
-#include "core/log.hpp"
-#include "core/reactor.hpp"
-#include "net/listener.hpp"
+#include "core/base/log.hpp"
+#include "core/runtime/reactor.hpp"
+#include "net/inbound/listener.hpp"
 
 namespace ringmail::bench {
 namespace {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "bench/tool_sink_session.hpp"
-#include "core/config.hpp"
+#include "core/base/config.hpp"
 
 namespace ringmail::bench {
 

@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <cstring>
 
-#include "core/log.hpp"
-#include "net/smtp_command.hpp"
+#include "core/base/log.hpp"
+#include "net/smtp/smtp_command.hpp"
 
 namespace ringmail::bench {
 namespace {

@@ -32,8 +32,8 @@
 #include "bench/tool_common.hpp"
 #include "bench/tool_histogram.hpp"
 #include "bench/tool_sink_session.hpp"  // Counter
-#include "core/log.hpp"
-#include "core/reactor.hpp"
+#include "core/base/log.hpp"
+#include "core/runtime/reactor.hpp"
 #include "tls/auth.hpp"
 #include "tls/tls_session.hpp"
 

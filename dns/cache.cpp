@@ -1,12 +1,12 @@
 // cache.cpp — bounded TTL cache of destinations. See cache.hpp.
 #include "dns/cache.hpp"
 
-#include "dns/dns_assert.hpp"
+#include "core/base/assert.hpp"
 
 namespace ringmail::dns {
 
 DnsCache::DnsCache(uint32_t entries_max) : entries_max_(entries_max) {
-    DNS_ASSERT(entries_max_ > 0);
+    RM_ASSERT(entries_max_ > 0);
 }
 
 ResolutionPtr DnsCache::find(std::string_view key, uint64_t now_ms) {
@@ -20,20 +20,20 @@ ResolutionPtr DnsCache::find(std::string_view key, uint64_t now_ms) {
 }
 
 void DnsCache::insert(std::string_view key, ResolutionPtr value) {
-    DNS_ASSERT(value != nullptr);
+    RM_ASSERT(value != nullptr);
     if (const auto it = map_.find(key); it != map_.end()) erase(it->second);
     while (map_.size() >= entries_max_)
         erase(fifo_.begin());
     fifo_.push_back(Entry{std::string(key), std::move(value)});
     const auto last = std::prev(fifo_.end());
     const bool inserted = map_.emplace(std::string_view(last->key), last).second;
-    DNS_ASSERT(inserted);
-    DNS_ASSERT(map_.size() == fifo_.size());
+    RM_ASSERT(inserted);
+    RM_ASSERT(map_.size() == fifo_.size());
 }
 
 void DnsCache::erase(Fifo::iterator it) {
     const size_t erased = map_.erase(std::string_view(it->key));
-    DNS_ASSERT(erased == 1);
+    RM_ASSERT(erased == 1);
     fifo_.erase(it);
 }
 

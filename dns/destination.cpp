@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "dns/dns_assert.hpp"
+#include "core/base/assert.hpp"
 
 namespace ringmail::dns {
 
@@ -127,7 +127,7 @@ uint64_t Rng::next() {
 }
 
 uint32_t Rng::below(uint32_t n) {
-    DNS_ASSERT(n > 0);
+    RM_ASSERT(n > 0);
     return static_cast<uint32_t>(next() % n);
 }
 
@@ -358,7 +358,7 @@ Resolution make_defer(const char* status, std::string text) {
 
 Resolution decide_mail_domain(std::string_view domain, bool implicit_mx,
                               std::vector<HostAnswer> hosts, const OwnAddresses& own) {
-    DNS_ASSERT(!implicit_mx || hosts.size() == 1);
+    RM_ASSERT(!implicit_mx || hosts.size() == 1);
     const std::string name(domain);
     // RFC 5321 §5.1: if we are one of the MX hosts, only hosts strictly more preferred than
     // us may be used; if none is, the mail would loop back to us.

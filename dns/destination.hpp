@@ -22,13 +22,13 @@
 #include <string_view>
 #include <vector>
 
-#include "net/relay_policy.hpp"
+#include "core/base/ip_address.hpp"
 
 namespace ringmail::dns {
 
-using smtp::IpAddress;
+using ringmail::IpAddress;
 
-// Defaults of the DNS flags (the lead may move them to core/limits.hpp).
+// Defaults of the DNS flags (the lead may move them to core/base/limits.hpp).
 inline constexpr uint32_t cache_max_ttl_s_default = 3600;
 inline constexpr uint32_t negative_ttl_s_default = 60;
 inline constexpr uint32_t cache_entries_default = 100000;

@@ -21,8 +21,8 @@
 #include <ctime>
 #include <mutex>
 
-#include "dns/dns_assert.hpp"
-#include "net/address.hpp"
+#include "core/base/assert.hpp"
+#include "net/smtp/address.hpp"
 
 namespace ringmail::dns {
 
@@ -101,7 +101,7 @@ Resolver::~Resolver() {
 }
 
 bool Resolver::init(const DnsConfig& config, OwnAddresses own, std::string* error) {
-    DNS_ASSERT(ctx_ == nullptr);
+    RM_ASSERT(ctx_ == nullptr);
     owner_ = pthread_self();
     config_ = config;
     own_ = std::move(own);
@@ -152,13 +152,13 @@ bool Resolver::init(const DnsConfig& config, OwnAddresses own, std::string* erro
 }
 
 int Resolver::fd() const {
-    DNS_ASSERT(ctx_ != nullptr);
+    RM_ASSERT(ctx_ != nullptr);
     return dns_sock(ctx_);
 }
 
 void Resolver::assert_owner() const {
-    DNS_ASSERT(ctx_ != nullptr);
-    DNS_ASSERT(pthread_equal(owner_, pthread_self()));
+    RM_ASSERT(ctx_ != nullptr);
+    RM_ASSERT(pthread_equal(owner_, pthread_self()));
 }
 
 void Resolver::on_readable(uint64_t now_ms) {
@@ -178,7 +178,7 @@ uint64_t Resolver::on_timer(uint64_t now_ms) {
 void Resolver::resolve_destination(std::string_view domain, uint64_t now_ms, Callback cb,
                                    void* ctx) {
     assert_owner();
-    DNS_ASSERT(cb != nullptr);
+    RM_ASSERT(cb != nullptr);
     now_ms_ = now_ms;
     if (!domain.empty() && domain.front() == '[') {
         // RFC 5321 §5.1: a domain literal is the address to connect to; no DNS.
@@ -212,11 +212,11 @@ void Resolver::resolve_destination(std::string_view domain, uint64_t now_ms, Cal
 
 void Resolver::resolve_smarthost(const Smarthost& relay, uint64_t now_ms, Callback cb, void* ctx) {
     assert_owner();
-    DNS_ASSERT(cb != nullptr);
+    RM_ASSERT(cb != nullptr);
     now_ms_ = now_ms;
     if (relay.literal)
         return answer_now(decide_address(*relay.literal, relay.port, own_, true), cb, ctx);
-    DNS_ASSERT(!relay.host.empty());
+    RM_ASSERT(!relay.host.empty());
     Lookup* l = nullptr;
     if (!join_or_start(destination_key_for_relay(relay.host, relay.port), cb, ctx, &l)) return;
     l->relay = true;
@@ -268,7 +268,7 @@ void Resolver::submit_mx(Lookup& l) {
 }
 
 void Resolver::submit_addresses(Lookup& l) {
-    DNS_ASSERT(l.outstanding == 0);
+    RM_ASSERT(l.outstanding == 0);
     for (Lookup::Host& h : l.hosts) {
         h.lookup = &l;
         if (dns_submit_a4(ctx_, h.name.c_str(), DNS_NOSRCH, &Resolver::on_a4, &h) != nullptr) {
@@ -290,7 +290,7 @@ void Resolver::submit_addresses(Lookup& l) {
 void Resolver::on_mx(dns_ctx* ctx, dns_rr_mx* rr, void* data) {
     const std::unique_ptr<dns_rr_mx, FreeDeleter> owned(rr);
     Lookup& l = *static_cast<Lookup*>(data);
-    DNS_ASSERT(l.outstanding == 1);
+    RM_ASSERT(l.outstanding == 1);
     l.outstanding--;
     l.resolver->mx_answered(l, dns_status(ctx), rr);
 }
@@ -347,7 +347,7 @@ void Resolver::on_a4(dns_ctx* ctx, dns_rr_a4* rr, void* data) {
     } else if (status != DNS_E_NXDOMAIN && status != DNS_E_NODATA) {
         h.tempfail = true;
     }
-    DNS_ASSERT(h.pending > 0 && l.outstanding > 0);
+    RM_ASSERT(h.pending > 0 && l.outstanding > 0);
     h.pending--;
     l.outstanding--;
     l.resolver->host_answered(l);
@@ -366,7 +366,7 @@ void Resolver::on_a6(dns_ctx* ctx, dns_rr_a6* rr, void* data) {
     } else if (status != DNS_E_NXDOMAIN && status != DNS_E_NODATA) {
         h.tempfail = true;
     }
-    DNS_ASSERT(h.pending > 0 && l.outstanding > 0);
+    RM_ASSERT(h.pending > 0 && l.outstanding > 0);
     h.pending--;
     l.outstanding--;
     l.resolver->host_answered(l);
@@ -386,7 +386,7 @@ void Resolver::host_answered(Lookup& l) {
         answers.push_back(std::move(a));
     }
     if (l.relay) {
-        DNS_ASSERT(answers.size() == 1);
+        RM_ASSERT(answers.size() == 1);
         return finish(l, decide_relay(std::move(answers[0]), l.port, own_));
     }
     finish(l, decide_mail_domain(l.domain, l.implicit_mx, std::move(answers), own_));
@@ -399,7 +399,7 @@ uint32_t Resolver::ttl_for(const Lookup& l, const Resolution& r) const {
 }
 
 void Resolver::finish(Lookup& l, Resolution r) {
-    DNS_ASSERT(l.outstanding == 0);
+    RM_ASSERT(l.outstanding == 0);
     r.ttl_s = ttl_for(l, r);
     r.expires_ms = now_ms_ + static_cast<uint64_t>(r.ttl_s) * 1000;
     switch (r.outcome) {
@@ -416,7 +416,7 @@ void Resolver::finish(Lookup& l, Resolution r) {
     l.result = std::make_shared<const Resolution>(std::move(r));
     if (l.result->ttl_s > 0) cache_->insert(l.key, l.result);
     const auto it = inflight_.find(l.key);
-    DNS_ASSERT(it != inflight_.end() && it->second.get() == &l);
+    RM_ASSERT(it != inflight_.end() && it->second.get() == &l);
     done_.push_back(std::move(it->second));
     inflight_.erase(it);
 }

@@ -2,9 +2,9 @@
 //
 // A crypt check costs milliseconds on purpose (yescrypt, SHA-512-crypt), which would stall
 // every session of a core. Each reactor owns one AuthWorker: it submits (token, user,
-// password) on a bounded SPSC request ring (core/channel.hpp), a thread verifies them against
-// the shared read-only AuthUsers, and the results come back on a completion ring, announced by
-// an eventfd the reactor keeps a read armed on (prep_wake_eventfd_read) — the worker has no
+// password) on a bounded SPSC request ring (core/base/spsc_ring.hpp), a thread verifies them
+// against the shared read-only AuthUsers, and the results come back on a completion ring, announced
+// by an eventfd the reactor keeps a read armed on (prep_wake_eventfd_read) — the worker has no
 // io_uring of its own to send a MSG_RING from.
 //
 // Guarantees:
@@ -23,7 +23,7 @@
 #include <string_view>
 #include <thread>
 
-#include "core/channel.hpp"
+#include "core/base/spsc_ring.hpp"
 #include "tls/auth.hpp"
 
 namespace ringmail::tls {

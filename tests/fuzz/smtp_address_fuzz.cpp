@@ -1,5 +1,5 @@
-// smtp_address_fuzz.cpp — the path parser (net/address.hpp) and the relay policy
-// (net/relay_policy.hpp) over arbitrary text.
+// smtp_address_fuzz.cpp — the path parser (net/smtp/address.hpp) and the relay policy
+// (net/smtp/relay_policy.hpp) over arbitrary text.
 //
 // Input: one byte of options (bit0 allow <>, bit1 allow <postmaster>), then text. The text is
 // parsed as a MAIL/RCPT path; each half of it around the first '|' is also parsed as an IP
@@ -21,9 +21,9 @@
 #include <string>
 #include <string_view>
 
-#include "core/limits.hpp"
-#include "net/address.hpp"
-#include "net/relay_policy.hpp"
+#include "core/base/limits.hpp"
+#include "net/smtp/address.hpp"
+#include "net/smtp/relay_policy.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 
 namespace ringmail::smtp {

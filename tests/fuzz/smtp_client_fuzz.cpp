@@ -1,5 +1,5 @@
-// smtp_client_fuzz.cpp — the SMTP reply parser (net/smtp_reply.hpp) and the client session
-// (net/smtp_client.hpp) fed arbitrary server bytes (OpenSMTPD CVE-2020-8794 was a client that
+// smtp_client_fuzz.cpp — the SMTP reply parser (net/smtp/smtp_reply.hpp) and the client session
+// (net/smtp/smtp_client.hpp) fed arbitrary server bytes (OpenSMTPD CVE-2020-8794 was a client that
 // trusted its server).
 //
 // Input: three header bytes, then what the server sends.
@@ -25,8 +25,8 @@
 #include <string_view>
 #include <vector>
 
-#include "net/smtp_client.hpp"
-#include "net/smtp_reply.hpp"
+#include "net/smtp/smtp_client.hpp"
+#include "net/smtp/smtp_reply.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 
 namespace ringmail::smtp {

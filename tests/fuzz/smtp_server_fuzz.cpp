@@ -1,4 +1,4 @@
-// smtp_server_fuzz.cpp — the SMTP server session (net/smtp_server.hpp) fed arbitrary client
+// smtp_server_fuzz.cpp — the SMTP server session (net/smtp/smtp_server.hpp) fed arbitrary client
 // bytes at arbitrary split points, with DATA and BDAT bodies, STARTTLS and AUTH.
 //
 // Input: four header bytes, then what the client sends.
@@ -30,11 +30,11 @@
 #include <string_view>
 #include <vector>
 
-#include "core/limits.hpp"
-#include "net/address.hpp"
-#include "net/relay_policy.hpp"
-#include "net/smtp_reply.hpp"
-#include "net/smtp_server.hpp"
+#include "core/base/limits.hpp"
+#include "net/smtp/address.hpp"
+#include "net/smtp/relay_policy.hpp"
+#include "net/smtp/smtp_reply.hpp"
+#include "net/smtp/smtp_server.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 #include "tls/auth.hpp"
 
@@ -282,7 +282,7 @@ struct Transcript {
     bool starttls = false;
 };
 
-// One connection, played like net/connection.cpp plays it.
+// One connection, played like net/inbound/connection.cpp plays it.
 class Driver {
   public:
     Driver(const Config& cfg, const RelayPolicy& policy, std::string_view client_addr)

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "core/log.hpp"
+#include "core/base/log.hpp"
 #include "tests/sim/sim.hpp"
 
 using namespace ringmail;

@@ -1,15 +1,15 @@
 // run.cpp — one seed: the node's configuration and the run's shape drawn from it, then engine
-// lives one after another, each started as the daemon starts (core/recover.hpp on the spool,
-// then an Engine), each ended by a crash at a random instant or, last, by a graceful stop once
-// every client has gone. After every recovery the spool is checked against what the clients
+// lives one after another, each started as the daemon starts (core/program/recover.hpp on the
+// spool, then an Engine), each ended by a crash at a random instant or, last, by a graceful stop
+// once every client has gone. After every recovery the spool is checked against what the clients
 // saw: every 250 is there with exactly the bytes sent, nothing else is there but complete
 // messages some client sent.
 #include <filesystem>
 #include <map>
 
-#include "core/engine.hpp"
-#include "core/recover.hpp"
-#include "core/sim_hooks.hpp"
+#include "core/engine/engine.hpp"
+#include "core/program/recover.hpp"
+#include "core/runtime/sim_hooks.hpp"
 #include "spool/recovery.hpp"
 #include "tests/sim/client.hpp"
 #include "tests/sim/sim.hpp"
@@ -66,7 +66,7 @@ Config make_config(Rng& r, const std::string& spool_dir) {
     static const uint32_t kBufCount[] = {4, 16, 64, 256};
     c.recv_buffer_bytes = kBufBytes[r.below(4)];
     c.recv_buffer_count = kBufCount[r.below(4)];
-    // Any record must fit an empty segment (core/config.cpp checks the same relation).
+    // Any record must fit an empty segment (core/program/config.cpp checks the same relation).
     const uint64_t record_max =
         c.message_size_max_bytes +
         uint64_t{c.recipients_max} * (limits::path_max_bytes + limits::mail_params_max_bytes + 8) +

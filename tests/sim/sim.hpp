@@ -1,7 +1,7 @@
 // sim.hpp — the deterministic simulator of one ringmail node (TigerBeetle's VOPR,
 // FoundationDB's simulation): the real engine, connections and committer of ringmail_core_sim
-// run over a simulated reactor (core/reactor.hpp built with RINGMAIL_SIM) whose operations this
-// World executes against simulated TCP clients and a disk whose durability it tracks. One
+// run over a simulated reactor (core/runtime/reactor.hpp built with RINGMAIL_SIM) whose operations
+// this World executes against simulated TCP clients and a disk whose durability it tracks. One
 // 64-bit seed decides everything: client shapes, byte splits, completion order, latencies,
 // faults, crash instants; the same seed gives the same run, event for event.
 //
@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "core/reactor.hpp"
+#include "core/runtime/reactor.hpp"
 
 namespace ringmail {
 class Engine;
@@ -179,7 +179,7 @@ class World final : public SimBackend {
     void wait(Reactor& r, std::vector<SimCqe>& out) override;
     void detach(Reactor& r) override;
 
-    // The seam of core/sim_hooks.hpp.
+    // The seam of core/runtime/sim_hooks.hpp.
     uint64_t now_us() const { return now_us_; }
     int64_t realtime_us() const { return int64_t{1'800'000'000} * 1'000'000 + int64_t(now_us_); }
     int getpeername(int fd, sockaddr* addr, socklen_t* len);

@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "core/engine.hpp"
+#include "core/engine/engine.hpp"
 #include "tests/sim/client.hpp"
 #include "tests/sim/sim.hpp"
 

@@ -1,8 +1,8 @@
-// channel_spsc_test.cpp — pins the core-to-core channel (core/channel.hpp): SpscRing semantics,
-// the mesh layout, and the io_uring wake-ups on the running kernel, including MSG_RING into a
-// SINGLE_ISSUER|DEFER_TASKRUN ring owned by another thread and a two-way contention run that
+// channel_spsc_test.cpp — pins the core-to-core channel (core/runtime/channel.hpp): SpscRing
+// semantics, the mesh layout, and the io_uring wake-ups on the running kernel, including MSG_RING
+// into a SINGLE_ISSUER|DEFER_TASKRUN ring owned by another thread and a two-way contention run that
 // follows the documented wake protocol. Every wait is bounded by a deadline; nothing sleeps.
-#include "core/channel.hpp"
+#include "core/runtime/channel.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/eventfd.h>

@@ -18,7 +18,7 @@
 #include <map>
 #include <string>
 
-#include "core/commit.hpp"
+#include "spool/io/commit.hpp"
 #include "spool/recovery.hpp"
 #include "spool/status.hpp"
 

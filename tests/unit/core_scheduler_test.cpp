@@ -1,7 +1,7 @@
 // core_scheduler_test.cpp — the scheduler's decisions on a fake clock: retry timing with
 // jitter, the lifetime limit (no retry past it, a watchdog for what never reports back),
 // restored state after a restart, and a destination's connection and transaction limits.
-#include "core/scheduler.hpp"
+#include "core/queue/scheduler.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,10 +1,10 @@
-// smtp_address_test.cpp — RFC 5321 §4.1.2 path parsing (net/address.hpp): forms, limits,
+// smtp_address_test.cpp — RFC 5321 §4.1.2 path parsing (net/smtp/address.hpp): forms, limits,
 // source routes, quoted local parts, literals, UTF-8.
 #include <gtest/gtest.h>
 
 #include <string>
 
-#include "net/address.hpp"
+#include "net/smtp/address.hpp"
 
 namespace ringmail::smtp {
 namespace {

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "net/smtp_client.hpp"
-#include "net/smtp_reply.hpp"
+#include "net/smtp/smtp_client.hpp"
+#include "net/smtp/smtp_reply.hpp"
 
 namespace ringmail::smtp {
 namespace {

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "net/smtp_dsn.hpp"
+#include "net/smtp/smtp_dsn.hpp"
 
 namespace ringmail::smtp {
 namespace {

@@ -1,8 +1,8 @@
 // smtp_relay_policy_test.cpp — IpAddress, Cidr and the no-open-relay decision
-// (net/relay_policy.hpp), including every address trick an open-relay scanner tries.
+// (net/smtp/relay_policy.hpp), including every address trick an open-relay scanner tries.
 #include <gtest/gtest.h>
 
-#include "net/relay_policy.hpp"
+#include "net/smtp/relay_policy.hpp"
 
 namespace ringmail::smtp {
 namespace {

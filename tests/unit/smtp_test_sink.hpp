@@ -13,8 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "net/relay_policy.hpp"
-#include "net/smtp_server.hpp"
+#include "net/smtp/relay_policy.hpp"
+#include "net/smtp/smtp_server.hpp"
 
 namespace ringmail::smtp::test {
 

@@ -1,0 +1,91 @@
+// sim_hooks.hpp — the clock, the randomness and the few system calls the engine makes outside
+// its ring, behind one compile-time seam.
+//
+// Production builds inline the real calls here (nothing changes on the data path). Builds with
+// RINGMAIL_SIM (the ringmail_core_sim library that the deterministic simulator links, see
+// tests/sim/) route them to the simulator through SimHooks, so that one 64-bit seed decides
+// every timestamp, every random salt and the outcome of every descriptor operation, and a
+// failing run replays exactly.
+#pragma once
+
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <ctime>
+
+namespace ringmail::sys {
+
+#ifdef RINGMAIL_SIM
+
+// Installed by the simulator before any engine runs; every pointer must be set.
+struct SimHooks {
+    void* ctx = nullptr;
+    uint64_t (*monotonic_us)(void* ctx) = nullptr;
+    int64_t (*realtime_us)(void* ctx) = nullptr;
+    uint64_t (*random_u64)(void* ctx) = nullptr;
+    int (*getpeername)(void* ctx, int fd, sockaddr* addr, socklen_t* len) = nullptr;
+    int (*open)(void* ctx, const char* path, int flags, mode_t mode) = nullptr;
+    int (*close)(void* ctx, int fd) = nullptr;
+    int (*unlink)(void* ctx, const char* path) = nullptr;
+};
+SimHooks& sim_hooks();  // core/runtime/reactor.cpp
+
+inline uint64_t monotonic_us() {
+    return sim_hooks().monotonic_us(sim_hooks().ctx);
+}
+inline int64_t realtime_us() {
+    return sim_hooks().realtime_us(sim_hooks().ctx);
+}
+inline uint64_t random_u64() {
+    return sim_hooks().random_u64(sim_hooks().ctx);
+}
+inline int getpeername(int fd, sockaddr* addr, socklen_t* len) {
+    return sim_hooks().getpeername(sim_hooks().ctx, fd, addr, len);
+}
+inline int open(const char* path, int flags, mode_t mode = 0) {
+    return sim_hooks().open(sim_hooks().ctx, path, flags, mode);
+}
+inline int close(int fd) {
+    return sim_hooks().close(sim_hooks().ctx, fd);
+}
+inline int unlink(const char* path) {
+    return sim_hooks().unlink(sim_hooks().ctx, path);
+}
+
+#else
+
+inline uint64_t monotonic_us() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return uint64_t(ts.tv_sec) * 1000000 + uint64_t(ts.tv_nsec) / 1000;
+}
+inline int64_t realtime_us() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return int64_t{ts.tv_sec} * 1000000 + ts.tv_nsec / 1000;
+}
+inline uint64_t random_u64() {
+    uint64_t v = 0;
+    while (getrandom(&v, sizeof v, 0) != sizeof v) {
+    }
+    return v;
+}
+inline int getpeername(int fd, sockaddr* addr, socklen_t* len) {
+    return ::getpeername(fd, addr, len);
+}
+inline int open(const char* path, int flags, mode_t mode = 0) {
+    return ::open(path, flags, mode);
+}
+inline int close(int fd) {
+    return ::close(fd);
+}
+inline int unlink(const char* path) {
+    return ::unlink(path);
+}
+
+#endif
+
+}  // namespace ringmail::sys
