@@ -61,7 +61,9 @@ inline constexpr uint32_t recv_buffer_bytes_default = 16384;
 inline constexpr uint32_t recv_buffer_count_default = 2048;  // per core; power of two
 inline constexpr uint32_t channel_capacity_default = 4096;   // per core pair; power of two
 inline constexpr uint32_t session_output_bytes = 4096;       // replies buffered per session
-inline constexpr uint32_t ring_entries_min = 64;
+// A group commit's writes and fdatasync are one linked chain, which must fit one submission:
+// the longest (spool/io/commit.cpp) needs well under this.
+inline constexpr uint32_t ring_entries_min = 128;
 // The completion queue is 4x the submission queue and the kernel allows at most 65536 CQEs.
 inline constexpr uint32_t ring_entries_max = 16384;
 inline constexpr uint32_t recv_buffer_bytes_max = 1u << 20;
@@ -93,6 +95,9 @@ inline constexpr uint64_t segment_bytes_max = 4ull << 30;
 inline constexpr uint32_t staging_chunk_bytes = 16384;
 inline constexpr uint64_t staging_memory_max_bytes_default = 1ull << 30;  // per core
 inline constexpr uint32_t commit_batch_messages_max = 4096;
+// A batch takes no more messages past this many bytes (its first message may be larger), so
+// that its chain of writes stays short.
+inline constexpr uint64_t commit_batch_bytes_max = 256ull << 20;
 
 static_assert(command_line_max_bytes >= 512, "RFC 5321 §4.5.3.1.4");
 static_assert(path_max_bytes >= 256, "RFC 5321 §4.5.3.1.3");

@@ -212,6 +212,7 @@ void Engine::on_accept_result(size_t i, int res, uint32_t flags) {
 // No slot left: a fixed reply and a close, linked, with nothing to track.
 void Engine::refuse_busy(int fd) {
     stats_.refused_busy++;
+    reactor_.reserve(2);  // send → close, hard-linked
     io_uring_sqe* s = reactor_.sqe();
     io_uring_prep_send(s, fd, kBusyReply, sizeof kBusyReply - 1, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(s, kTagIgnore);

@@ -131,6 +131,7 @@ bool Reactor::init(uint32_t entries, uint32_t buffer_bytes, uint32_t buffer_coun
         return false;
     }
     ring_ok_ = true;
+    entries_ = ring_.sq.ring_entries;
     if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
         msg_ring_ = io_uring_opcode_supported(probe, IORING_OP_MSG_RING);
         io_uring_free_probe(probe);

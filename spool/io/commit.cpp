@@ -7,6 +7,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -27,6 +28,14 @@ using sys::realtime_us;
 
 // Each writev carries at most this many iovecs (IOV_MAX is 1024 on Linux).
 constexpr size_t kIovPerWrite = 1024;
+// A batch's writes and its fdatasync are one linked chain, submitted whole (Reactor::reserve):
+// it must fit the smallest ring. Its text is in staging chunks, one iovec each, plus a header
+// and trailer per message and one for the statuses.
+constexpr uint64_t kBatchIovMax =
+    std::max(limits::commit_batch_bytes_max, limits::message_size_max_bytes_max + (1u << 20)) /
+        limits::staging_chunk_bytes +
+    2 * limits::commit_batch_messages_max + 1;
+static_assert((kBatchIovMax + kIovPerWrite - 1) / kIovPerWrite + 1 <= limits::ring_entries_min);
 
 // New segments are overwritten with zeros in writes of this size; while commits run, one
 // write-through chunk of kZeroPacedBytes at a time (see zero_next_chunk).
@@ -145,6 +154,7 @@ void Committer::zero_next_chunk() {
     do {
         uint64_t off = prep_zero_off_;
         auto n = static_cast<unsigned>(std::min<uint64_t>(chunk, next_.size - off));
+        reactor_.reserve(paced ? 2 : 1);  // write → sync_file_range, linked
         io_uring_sqe* s = reactor_.sqe(prep_op_);
         io_uring_prep_write(s, next_.fd, zeros(), n, off);
         prep_ops_left_++;
@@ -204,6 +214,7 @@ void Committer::prep_step(int res) {
             prep_ = Prep::finishing;
             // header write → fsync(file) → fsync(dir), linked: the segment exists durably, with
             // its size, before any record that a 250 depends on is written into it.
+            reactor_.reserve(3);
             io_uring_sqe* s = reactor_.sqe();
             io_uring_prep_write(s, next_.fd, header_buf_, static_cast<unsigned>(n), 0);
             io_uring_sqe_set_data64(s, kTagIgnore);
@@ -366,6 +377,7 @@ void Committer::start_batch() {
         while (first < pending_.size() && b.waiters.size() < limits::commit_batch_messages_max) {
             uint64_t n = pending_[first]->builder.record_bytes();
             if (n > room - bytes) break;
+            if (!b.waiters.empty() && bytes + n > limits::commit_batch_bytes_max) break;
             b.waiters.push_back(pending_[first]);
             bytes += n;
             first++;
@@ -419,6 +431,9 @@ void Committer::start_batch() {
     uint64_t off = b.offset;
     size_t nwrites = (b.iov.size() + kIovPerWrite - 1) / kIovPerWrite;
     b.ops_left = static_cast<uint32_t>(nwrites + (config_.fsync ? 1 : 0));
+    b.bytes_expected = 0;
+    b.bytes_written = 0;
+    reactor_.reserve(b.ops_left);  // one chain in one submission, or the link does not hold
     for (size_t i = 0; i < nwrites; i++) {
         size_t lo = i * kIovPerWrite, hi = std::min(b.iov.size(), lo + kIovPerWrite);
         uint64_t len = 0;
@@ -426,6 +441,7 @@ void Committer::start_batch() {
             len += b.iov[k].iov_len;
         io_uring_sqe* s = reactor_.sqe(b.op);
         io_uring_prep_writev(s, b.fd, &b.iov[lo], static_cast<unsigned>(hi - lo), off);
+        b.bytes_expected += len;
         // A short write breaks the link: the fdatasync is then cancelled and the batch fails.
         if (i + 1 < nwrites || config_.fsync) s->flags |= IOSQE_IO_LINK;
         off += len;
@@ -440,7 +456,11 @@ void Committer::on_batch_op(void* p, int res, uint32_t) {
     auto* b = static_cast<Batch*>(p);
     RM_ASSERT(b->active && b->ops_left > 0);
     if (res < 0 || b->serial == b->owner->fail_serial_) b->ok = false;
-    if (--b->ops_left == 0) b->owner->drain_batches();
+    if (res > 0) b->bytes_written += static_cast<uint64_t>(res);  // writes; an fsync gives 0
+    if (--b->ops_left > 0) return;
+    // A short write fails the batch whatever its link did: its records are not all on disk.
+    if (b->bytes_written != b->bytes_expected) b->ok = false;
+    b->owner->drain_batches();
 }
 
 // Batches complete in any order but are answered in the order they were written: a later

@@ -152,6 +152,8 @@ class Committer {
         uint64_t offset = 0;  // where its first record lands
         int fd = -1;
         uint32_t ops_left = 0;
+        uint64_t bytes_expected = 0;  // by its writes
+        uint64_t bytes_written = 0;   // as their completions say
         bool ok = true;
         bool active = false;
     };

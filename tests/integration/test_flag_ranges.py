@@ -30,7 +30,7 @@ BAD = [
     (["--channel-capacity", "1048576", "--threads", "8"], "--channel-capacity"),
     (["--channel-capacity", "1000"], "--channel-capacity"),
     (["--ring-entries", "32768"], "--ring-entries"),  # its 4x CQ is past the kernel's limit
-    (["--ring-entries", "63"], "--ring-entries"),
+    (["--ring-entries", "127"], "--ring-entries"),
     (["--recv-buffer-count", "100"], "--recv-buffer-count"),
     (["--recv-buffer-count", "65536"], "--recv-buffer-count"),
     (["--recv-buffer-bytes", "1048576", "--recv-buffer-count", "2048"], "--recv-buffer-bytes"),
