@@ -456,8 +456,10 @@ void World::detach(Reactor& r) {
 // --- the loop ------------------------------------------------------------------------------
 
 void World::run_clients() {
-    // Arrivals.
-    while (clients.size() < clients_total && next_arrival_us <= now_us_ && engine_ != nullptr) {
+    // Arrivals, while an engine listens (a stopping one has closed its listener: clients
+    // come back to the next one).
+    while (clients.size() < clients_total && next_arrival_us <= now_us_ && engine_ != nullptr &&
+           !stop_requested_) {
         spawn_client();
         next_arrival_us = now_us_ + rng.range(0, arrival_gap_max_us);
     }
@@ -474,7 +476,7 @@ uint64_t World::next_event_us() const {
         if (p->st == Op::St::active && p->ready_at > now_us_) t = std::min(t, p->ready_at);
     for (const auto& c : clients)
         if (c->state != Client::State::done) t = std::min(t, c->next_us);
-    if (clients.size() < clients_total) t = std::min(t, next_arrival_us);
+    if (clients.size() < clients_total && !stop_requested_) t = std::min(t, next_arrival_us);
     if (crash_index_ < crash_at_us.size()) t = std::min(t, crash_at_us[crash_index_]);
     if (restart_index_ < restart_at_us.size() && !stop_requested_)
         t = std::min(t, restart_at_us[restart_index_]);
