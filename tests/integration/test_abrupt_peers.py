@@ -5,7 +5,10 @@ The destination is a raw SMTP server written here (no PIPELINING, so the relay's
 one at a time and every step is a distinct point), on 127.0.0.3, reached through --smarthost.
 Its first connections each vanish at one point — before the greeting, at EHLO, MAIL, RCPT,
 DATA, in the middle of the text, after the final "." before the reply, and at QUIT after the
-message was accepted — first with FIN, then with RST (SO_LINGER 0). Later connections behave.
+message was accepted — first with FIN, then with RST (SO_LINGER 0). A connection that ends
+before it reaches its point (the relay had no message for it: a host that vanishes before EHLO's
+reply is a failed host, and what waited for it is deferred) hands its cut to the next one. Later
+connections behave.
 
 Pinned: the daemon survives every cut; each acknowledged message reaches the destination (a
 cut after "." may deliver it twice: delivery is at-least-once, never at-most-once) and ends
@@ -28,8 +31,9 @@ MARKER_RE = re.compile(rb"X-Abrupt-Id: (\d+)")
 
 
 class VanishingServer:
-    """Connection i < 2 * len(CUTS) vanishes at CUTS[i % len(CUTS)], with RST from the second
-    round on; every later connection is a well-behaved server that records each message."""
+    """Each connection takes the next cut not yet made (CUTS with FIN, then CUTS with RST) and
+    vanishes there, or gives the cut back when it ends before; once every cut is made, each
+    connection is a well-behaved server that records each message."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -38,6 +42,7 @@ class VanishingServer:
         self.port = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         self.connections = 0
+        self.pending = [(c, False) for c in CUTS] + [(c, True) for c in CUTS]
         self.received = []  # markers of messages this server answered 250 to, in order
         self.cut_done = []  # the cuts carried out
         self.errors = []
@@ -57,10 +62,8 @@ class VanishingServer:
             except OSError:
                 return
             with self.lock:
-                i = self.connections
                 self.connections += 1
-            cut = CUTS[i % len(CUTS)] if i < 2 * len(CUTS) else None
-            rst = i >= len(CUTS)
+                cut, rst = self.pending.pop(0) if self.pending else (None, False)
             threading.Thread(target=self.serve, args=(conn, cut, rst), daemon=True).start()
 
     def vanish(self, conn, cut, rst):
@@ -71,6 +74,14 @@ class VanishingServer:
         conn.close()
 
     def serve(self, conn, cut, rst):
+        try:
+            self.serve_one(conn, cut, rst)
+        finally:
+            with self.lock:
+                if cut is not None and (cut, rst) not in self.cut_done:
+                    self.pending.insert(0, (cut, rst))  # not reached: the next one makes it
+
+    def serve_one(self, conn, cut, rst):
         conn.settimeout(30)
         f = conn.makefile("rb")
         try:
