@@ -600,6 +600,8 @@ def test_chaos_soak(ringmail_factory, tmp_path):
             # forward), so compaction runs under kill -9 too, and the spool stays small.
             "--compact-after", "20s",
             "--timeout-command-ms", "10000", "--timeout-data-ms", "10000", delivery=True)
+        # Each restart recovers the spool first; on a loaded machine that may take a while.
+        d.ready_deadline_s = 90.0
         baseline_fd_list = fd_list(d.proc.pid)
         baseline_fds = len(baseline_fd_list)
         run = Run(d.port, SEED)
