@@ -48,11 +48,12 @@ const char* zeros() {
 
 }  // namespace
 
-uint64_t segment_bytes_after_enospc(uint64_t failed_bytes, uint64_t free_bytes) {
+uint64_t segment_bytes_after_enospc(uint64_t failed_bytes, uint64_t free_bytes, uint32_t cores) {
     constexpr uint64_t floor = limits::segment_bytes_min;
     if (failed_bytes <= floor) return 0;
+    const uint64_t share = free_bytes / std::max<uint32_t>(cores, 1);
     uint64_t bytes = std::max(failed_bytes / 2, floor);
-    while (bytes > floor && bytes > free_bytes / 2)
+    while (bytes > floor && bytes > share / 2)
         bytes = std::max(bytes / 2, floor);
     return bytes;
 }
@@ -261,7 +262,7 @@ bool Committer::shrink_next() {
     struct statvfs vfs {};
     const uint64_t free_bytes =
         fstatvfs(next_.fd, &vfs) == 0 ? uint64_t{vfs.f_bavail} * vfs.f_frsize : 0;
-    const uint64_t bytes = segment_bytes_after_enospc(next_.size, free_bytes);
+    const uint64_t bytes = segment_bytes_after_enospc(next_.size, free_bytes, config_.threads);
     if (bytes == 0) return false;
     // A failed fallocate may keep the blocks it got (ext4 does): give them back before asking
     // for fewer. Blocking, on this rare path only; the file is still empty.

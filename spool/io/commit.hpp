@@ -56,10 +56,12 @@ class CommitWaiter {
 };
 
 // The size of segment to try after fallocate of failed_bytes ran out of space, with
-// free_bytes free on the file system: half of what failed, and no more than half of what is
-// free, so that this core's next segment and the other cores' find room too; never below
+// free_bytes free on the file system shared by `cores` cores: half of what failed, and no more
+// than half of each core's share of what is free, so that this core's next segment and the
+// other cores' (which may be asking at the same instant) find room too; never below
 // limits::segment_bytes_min. 0 when failed_bytes was already that floor: the disk is full.
-[[nodiscard]] uint64_t segment_bytes_after_enospc(uint64_t failed_bytes, uint64_t free_bytes);
+[[nodiscard]] uint64_t segment_bytes_after_enospc(uint64_t failed_bytes, uint64_t free_bytes,
+                                                  uint32_t cores = 1);
 
 struct CommitStats {
     uint64_t commits = 0;   // fdatasyncs of message batches

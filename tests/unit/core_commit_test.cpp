@@ -447,6 +447,11 @@ TEST(SegmentSize, HalvesAfterNoSpaceAndKeepsHalfOfWhatIsFree) {
     EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 16 * MiB), 8 * MiB);
     EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 17 * MiB), 8 * MiB);
     EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 3 * MiB), 1 * MiB);
+    // Cores that share the disk may all ask at once: each keeps to half of its share. With
+    // half of all that is free each, two cores took the whole disk, and after a restart no
+    // segment fitted (every message got 452).
+    EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 16 * MiB, 2), 4 * MiB);
+    EXPECT_EQ(segment_bytes_after_enospc(64 * MiB, 16 * MiB, 4), 2 * MiB);
     // Never below the floor; the floor is tried even when little is free.
     EXPECT_EQ(segment_bytes_after_enospc(3 * MiB, plenty), 3 * MiB / 2);
     EXPECT_EQ(segment_bytes_after_enospc(3 * MiB / 2, plenty), limits::segment_bytes_min);
