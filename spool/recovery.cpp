@@ -265,7 +265,10 @@ bool recover_segment(const Scan& s, uint64_t seq, std::string& buf) {
     if (!read_file(s.core_dir + "/" + name, buf, s.error)) return false;
     const std::string_view seg(buf);
     // Created and preallocated, but the crash came before its header was written: it is empty.
-    if (all_zero(seg)) return true;
+    if (all_zero(seg)) {
+        s.stats.kept.push_back(SegmentSeen{seq, 0});
+        return true;
+    }
     size_t n = 0;
     const std::optional<RawRecord> rec = decode_record(seg, 0, &n);
     std::optional<SegmentHeader> h;
@@ -273,6 +276,7 @@ bool recover_segment(const Scan& s, uint64_t seq, std::string& buf) {
     // Without a header we know no salt, so no record of this file can be verified.
     if (!h || h->segment_seq != seq) return quarantine_segment(s, name);
     ++s.stats.segments;
+    s.stats.kept.push_back(SegmentSeen{seq, h->created_unix_us});
     return scan_records(s, seq, seg, n, h->salt);
 }
 

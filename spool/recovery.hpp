@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "spool/record.hpp"
 
@@ -29,6 +30,14 @@ struct RecoveredMessage {
     uint64_t record_bytes;
 };
 
+// A segment recovery kept in its directory, and when its header says it was made (0: it has no
+// header, the crash came right after it was created). Delivery ages segments from it, so that a
+// segment's age for compaction survives restarts.
+struct SegmentSeen {
+    uint64_t seq = 0;
+    int64_t created_unix_us = 0;
+};
+
 struct RecoveryStats {
     uint64_t segments = 0;
     uint64_t messages = 0;
@@ -39,6 +48,7 @@ struct RecoveryStats {
     uint64_t max_message_id = 0;
     uint64_t statuses = 0;
     double elapsed_s = 0;
+    std::vector<SegmentSeen> kept;  // ascending seq; quarantined segments are not kept
 };
 
 // Scan one core directory. `quarantine_dir` may be empty (read-only scan, as the spool

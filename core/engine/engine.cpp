@@ -87,8 +87,8 @@ int Engine::run() {
         if (ok) {
             committer_->set_listener(&Engine::on_committed, this);
             committer_->set_segment_listener(&Engine::on_segment, this);
-            for (const auto& [dir, seqs] : start_.segments)
-                delivery_->add_recovered_segments(dir, seqs);
+            for (const RecoveredDir& d : start_.segments)
+                delivery_->add_recovered_segments(d.dir, d.segments);
         }
     }
     if (ok && shared_.auth_users != nullptr) {

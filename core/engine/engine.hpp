@@ -110,7 +110,7 @@ struct EngineStart {
     Queue* queue = nullptr;                                 // filled by recovery
     std::vector<RecoveredQueueEntry>* recovered = nullptr;  // what delivery takes up again
     // Segments present at start, per spool directory this core looks after (ascending).
-    std::vector<std::pair<uint16_t, std::vector<uint64_t>>> segments;
+    std::vector<RecoveredDir> segments;
 };
 
 class Engine {

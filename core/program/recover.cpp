@@ -41,27 +41,12 @@ std::vector<uint32_t> core_dirs(const std::string& spool) {
     return out;
 }
 
-std::vector<uint64_t> segment_seqs(const std::string& dir) {
-    std::vector<uint64_t> out;
-    DIR* d = opendir(dir.c_str());
-    if (!d) return out;
-    while (dirent* e = readdir(d)) {
-        unsigned long long seq;
-        char tail[8];
-        if (strlen(e->d_name) == 20 && sscanf(e->d_name, "%16llx%4s", &seq, tail) == 2 &&
-            strcmp(tail, ".seg") == 0)
-            out.push_back(seq);
-    }
-    closedir(d);
-    std::sort(out.begin(), out.end());
-    return out;
-}
-
 bool recover(const Config& cfg, Recovered& out) {
     auto t0 = std::chrono::steady_clock::now();
     out.queues.resize(cfg.threads);
     out.pending.resize(cfg.threads);
     out.next_segment_seq.assign(cfg.threads, 1);
+    out.segments.assign(cfg.threads, {});
     // Where each recovered message went (core, index), and every status record seen: status
     // records may sit in another directory than their message (a core that adopted a
     // directory writes them in its own), so they are applied once everything is read.
@@ -128,6 +113,8 @@ bool recover(const Config& cfg, Recovered& out) {
             return false;
         }
         if (dir < cfg.threads) out.next_segment_seq[dir] = st.max_segment_seq + 1;
+        out.segments[dir % cfg.threads].push_back(
+            RecoveredDir{static_cast<uint16_t>(dir), std::move(st.kept)});
         out.max_id = std::max(out.max_id, st.max_message_id);
         total.segments += st.segments;
         total.messages += st.messages;

@@ -18,13 +18,12 @@ namespace ringmail {
 [[nodiscard]] bool make_dirs(const std::string& path);
 // Core directories present in the spool (core-N), whatever --threads was when they were made.
 [[nodiscard]] std::vector<uint32_t> core_dirs(const std::string& spool);
-// Segment sequence numbers in a core directory, ascending.
-[[nodiscard]] std::vector<uint64_t> segment_seqs(const std::string& dir);
 
 struct Recovered {
     std::vector<Queue> queues;
     std::vector<std::vector<RecoveredQueueEntry>> pending;  // per core: messages not yet final
     std::vector<uint64_t> next_segment_seq;                 // per core directory we write to
+    std::vector<std::vector<RecoveredDir>> segments;        // per core: the directories it keeps
     uint64_t max_id = 0;
 };
 

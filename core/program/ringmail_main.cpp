@@ -141,11 +141,7 @@ int main(int argc, char** argv) {
         st.first_id_counter = first_counter;
         st.queue = &rec.queues[i];
         st.recovered = &rec.pending[i];
-        for (uint32_t dir : core_dirs(cfg.spool_dir)) {
-            if (dir % cfg.threads != i) continue;
-            st.segments.push_back({static_cast<uint16_t>(dir),
-                                   segment_seqs(spool::core_dir_path(cfg.spool_dir, dir))});
-        }
+        st.segments = std::move(rec.segments[i]);
         engines.push_back(std::make_unique<Engine>(i, shared, std::move(st)));
     }
     std::vector<int> results(cfg.threads, 0);

@@ -98,10 +98,20 @@ uint16_t Delivery::segdir_for(uint16_t dir) {
     return static_cast<uint16_t>(segdirs_.size() - 1);
 }
 
-void Delivery::add_recovered_segments(uint16_t dir, const std::vector<uint64_t>& seqs) {
+void Delivery::add_recovered_segments(uint16_t dir,
+                                      const std::vector<spool::SegmentSeen>& segments) {
     SegDir& d = *segdirs_[segdir_for(dir)];
-    for (uint64_t seq : seqs)
-        d.tracker.add_segment(seq, static_cast<int64_t>(engine_.now_ms()));
+    // A segment keeps the age it had (rule C1 counts from its making, not from this start): a
+    // relay restarted more often than --compact-after would otherwise never compact, and its
+    // spool would grow with every restart. A header-less segment is as old as can be.
+    const int64_t now_ms = static_cast<int64_t>(engine_.now_ms());
+    const int64_t real_ms = realtime_us() / 1000;
+    for (const spool::SegmentSeen& s : segments) {
+        const int64_t age_ms = s.created_unix_us > 0
+                                   ? std::max<int64_t>(0, real_ms - s.created_unix_us / 1000)
+                                   : real_ms;
+        d.tracker.add_segment(s.seq, now_ms - age_ms);
+    }
 }
 
 void Delivery::segment_created(uint64_t seq) {

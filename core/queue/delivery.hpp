@@ -92,7 +92,7 @@ class Delivery {
     [[nodiscard]] bool init(std::string* error);
     // The segments present at start in a spool directory this core looks after (its own, and
     // those of cores that no longer run), ascending; then the messages recovered from them.
-    void add_recovered_segments(uint16_t dir, const std::vector<uint64_t>& seqs);
+    void add_recovered_segments(uint16_t dir, const std::vector<spool::SegmentSeen>& segments);
     void add_recovered(const RecoveredQueueEntry& e);
     // The committer made a new segment in this core's own directory.
     void segment_created(uint64_t seq);

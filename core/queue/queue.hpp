@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "spool/recovery.hpp"
+
 namespace ringmail {
 
 struct QueueEntry {
@@ -32,6 +34,13 @@ struct RecoveredQueueEntry {
     QueueEntry entry;
     int64_t arrival_unix_us = 0;
     std::vector<RecoveredRcpt> rcpts;
+};
+
+// The segments of one spool core directory present at start, ascending, with their creation
+// times: delivery tracks them (deletion, compaction) from the age they had, not from its start.
+struct RecoveredDir {
+    uint16_t dir = 0;
+    std::vector<spool::SegmentSeen> segments;
 };
 
 // How many messages a core has made durable (recovered at start, then committed). Nothing per
