@@ -397,6 +397,7 @@ void Engine::on_tick_op(void* self, int, uint32_t) {
 }
 
 void Engine::on_tick() {
+    ticks_.store(ticks_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     update_clock();
     uint64_t now = now_ms();
     if (delivery_) delivery_->on_tick();

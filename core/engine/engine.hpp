@@ -122,6 +122,9 @@ class Engine {
 
     // The thread body. Returns 0 after a graceful stop.
     int run();
+    // Ticks of this engine's timer so far (every 100 ms while it runs): the main thread's
+    // service watchdog reads it to tell a wedged core from a busy one.
+    [[nodiscard]] uint64_t ticks() const { return ticks_.load(std::memory_order_relaxed); }
 
     // For connections.
     [[nodiscard]] Reactor& reactor() { return reactor_; }
@@ -221,6 +224,7 @@ class Engine {
 
     IoOp tick_op_{&Engine::on_tick_op, this};
     __kernel_timespec tick_ts_{0, 100'000'000};
+    std::atomic<uint64_t> ticks_{0};  // written by this core only
     IoOp stop_op_{&Engine::on_stop_op, this};
     uint64_t stop_buf_ = 0;
     bool stopping_ = false;

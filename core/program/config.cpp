@@ -84,6 +84,7 @@ int refuse(const char* format, ...) {
 int parse_config(int argc, char** argv, Config& c) {
     CLI::App app{"ringmail — a durable, thread-per-core mail relay on io_uring"};
     app.set_config("--config", "", "read flags from FILE (key = value lines)");
+    app.set_version_flag("--version", RINGMAIL_VERSION);
     app.get_formatter()->column_width(44);
     // One line, and the caller exits 2: a usage error is not a crash.
     app.failure_message([](const CLI::App*, const CLI::Error& e) {
@@ -259,6 +260,9 @@ int parse_config(int argc, char** argv, Config& c) {
                    "quiet time after which an address's AUTH failures are forgotten")
         ->capture_default_str()
         ->check(CLI::Range(1000u, 86400000u));
+    app.add_flag("--check-config", c.check_config,
+                 "check the flags and the files they name (TLS certificate and key, AUTH users, "
+                 "spool directory), print the result and exit: 0 good, 2 not");
     app.add_option("--log-level", c.log_level, "error, warn, info or debug")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
