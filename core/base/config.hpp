@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,7 +26,8 @@ struct ListenAddress {
 
 struct Config {
     std::vector<ListenAddress> listen;
-    uint32_t threads = 0;  // 0: online CPUs
+    std::optional<ListenAddress> metrics_listen;  // --metrics-listen: Prometheus /metrics
+    uint32_t threads = 0;                         // 0: online CPUs
     std::string spool_dir = "./var/spool";
     std::string hostname;  // default: gethostname()
     std::vector<std::string> relay_networks;

@@ -18,6 +18,7 @@
 #include "core/base/config.hpp"
 #include "core/base/log.hpp"
 #include "core/engine/engine.hpp"
+#include "core/program/metrics_server.hpp"
 #include "core/program/notify.hpp"
 #include "core/program/recover.hpp"
 #include "net/inbound/listener.hpp"
@@ -190,6 +191,18 @@ int main(int argc, char** argv) {
     shared.mesh = std::make_unique<ChannelMesh<CoreMsg>>(cfg.threads, cfg.channel_capacity);
     shared.ring_fds.assign(cfg.threads, -1);
     shared.start_barrier = std::make_unique<std::barrier<>>(cfg.threads + 1);
+    shared.metrics = std::make_unique<CoreMetrics[]>(cfg.threads);
+    // Bound before the cores start, so a taken port is a start failure like a taken SMTP port.
+    MetricsServer metrics;
+    if (cfg.metrics_listen) {
+        std::string merr;
+        if (!metrics.start(*cfg.metrics_listen, shared.metrics.get(), cfg.threads, &merr)) {
+            LOG_ERROR("%s", merr.c_str());
+            return 1;
+        }
+        LOG_INFO("metrics on http://%s:%u/metrics", cfg.metrics_listen->host.c_str(),
+                 cfg.metrics_listen->port);
+    }
 
     // Queue ids: core in the low byte, a counter above it that starts past every id already
     // in the spool and past the current time in microseconds, so ids never repeat.
