@@ -12,7 +12,10 @@
 #include <wolfssl/wolfcrypt/ecc.h>
 // clang-format on
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -63,6 +66,15 @@ std::string wolf_error_text(const char* what, int code) {
     wolfSSL_ERR_error_string_n(static_cast<unsigned long>(code < 0 ? -code : code), buf,
                                sizeof buf);
     return std::string(what) + ": " + buf;
+}
+
+// Why a PEM file did not load: the file itself (missing, unreadable) before wolfSSL's code,
+// which for a plain failure is 0 and would read "ok".
+std::string file_error_text(const char* what, const std::string& file, int code) {
+    const std::string head = std::string(what) + " " + file;
+    if (access(file.c_str(), R_OK) != 0) return head + ": " + strerror(errno);
+    if (code == WOLFSSL_FAILURE) return head + ": not PEM that wolfSSL can read";
+    return wolf_error_text(head.c_str(), code);
 }
 
 // wolfSSL_Init and wolfSSL_Cleanup count references, but the first init (seeding the global
@@ -136,12 +148,12 @@ std::unique_ptr<TlsContext> TlsContext::server(const TlsServerSettings& settings
     if (!common_setup(ctx, server_ciphers, error)) return nullptr;
     int rc = wolfSSL_CTX_use_certificate_chain_file(ctx, settings.cert_file.c_str());
     if (rc != WOLFSSL_SUCCESS) {
-        *error = wolf_error_text(("cannot load the certificate " + settings.cert_file).c_str(), rc);
+        *error = file_error_text("cannot load the certificate", settings.cert_file, rc);
         return nullptr;
     }
     rc = wolfSSL_CTX_use_PrivateKey_file(ctx, settings.key_file.c_str(), WOLFSSL_FILETYPE_PEM);
     if (rc != WOLFSSL_SUCCESS) {
-        *error = wolf_error_text(("cannot load the private key " + settings.key_file).c_str(), rc);
+        *error = file_error_text("cannot load the private key", settings.key_file, rc);
         return nullptr;
     }
     if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {

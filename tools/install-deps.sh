@@ -7,7 +7,8 @@ pkgs=(build-essential cmake pkg-config liburing-dev libwolfssl-dev libudns-dev l
 if [ "${1:-}" = test ]; then
     pkgs+=(python3 python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl
            postfix dnsmasq openssl clang-format iproute2
-           clang-14 libclang-rt-14-dev llvm-14)
+           clang-14 libclang-rt-14-dev llvm-14
+           systemd lintian prometheus)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

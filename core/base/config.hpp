@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,7 +26,8 @@ struct ListenAddress {
 
 struct Config {
     std::vector<ListenAddress> listen;
-    uint32_t threads = 0;  // 0: online CPUs
+    std::optional<ListenAddress> metrics_listen;  // --metrics-listen: Prometheus /metrics
+    uint32_t threads = 0;                         // 0: online CPUs
     std::string spool_dir = "./var/spool";
     std::string hostname;  // default: gethostname()
     std::vector<std::string> relay_networks;
@@ -71,6 +73,7 @@ struct Config {
     uint64_t compact_after_ms = 0;     // more: a mail loop, bounce 5.4.6
     bool fsync = true;                 // only a benchmark may turn this off; logged loudly
     std::string log_level = "info";
+    bool check_config = false;  // --check-config: validate, load the files named, exit
     // TLS and AUTH (server side).
     std::string tls_cert_file;  // PEM chain; with it STARTTLS is offered on plain listeners
     std::string tls_key_file;

@@ -72,6 +72,7 @@ void Engine::update_clock() {
 
 int Engine::run() {
     log::set_thread_tag(static_cast<int>(core_));
+    started_us_ = sys::precise_us();
     const Config& cfg = config();
     std::string error;
     bool ok = reactor_.init(cfg.ring_entries, cfg.recv_buffer_bytes, cfg.recv_buffer_count, &error);
@@ -397,13 +398,50 @@ void Engine::on_tick_op(void* self, int, uint32_t) {
 }
 
 void Engine::on_tick() {
+    ticks_.store(ticks_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     update_clock();
     uint64_t now = now_ms();
     if (delivery_) delivery_->on_tick();
+    publish_metrics();
     // Connections may leave open_ during tick(); walk a snapshot by index from the end.
     for (size_t i = open_.size(); i-- > 0;) {
         if (i < open_.size()) open_[i]->tick(now);
     }
+}
+
+void Engine::publish_metrics() {
+    if (!shared_.metrics) return;
+    CoreMetrics& m = shared_.metrics[core_];
+    m.set(Metric::connections_accepted, stats_.accepted);
+    m.set(Metric::connections_refused_busy, stats_.refused_busy);
+    m.set(Metric::connections_refused_per_ip, stats_.refused_per_ip);
+    m.set(Metric::connections_open, open_.size());
+    const CommitStats& c = committer_->stats();
+    m.set(Metric::messages_accepted, c.messages);
+    m.set(Metric::message_bytes_accepted, c.bytes);
+    m.set(Metric::messages_refused_storage, c.failed);
+    m.set(Metric::commits, c.commits);
+    m.set(Metric::status_records, c.statuses);
+    m.set(Metric::segments_created, c.segments);
+    m.commit_latency.publish(c.commit_latency);
+    m.eod_to_reply.publish(stats_.eod_to_reply);
+    if (delivery_) {
+        const Delivery::Stats& d = delivery_->stats();
+        m.set(Metric::segments_deleted, d.segments_deleted);
+        m.set(Metric::messages_compacted, d.compacted);
+        m.set(Metric::queue_messages, delivery_->queued());
+        m.set(Metric::queue_active, delivery_->active());
+        m.set(Metric::delivered, d.delivered);
+        m.set(Metric::deferred, d.deferred);
+        m.set(Metric::bounced, d.bounced);
+        m.set(Metric::expired, d.expired);
+        m.set(Metric::outbound_connections, d.connections);
+        m.set(Metric::outbound_transactions, d.transactions);
+    }
+    const uint64_t wait = reactor_.wait_us();
+    const uint64_t life = sys::precise_us() - started_us_;
+    m.set(Metric::reactor_wait_us, wait);
+    m.set(Metric::reactor_busy_us, life > wait ? life - wait : 0);
 }
 
 void Engine::arm_stop() {

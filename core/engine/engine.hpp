@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "core/base/config.hpp"
+#include "core/base/histogram.hpp"
+#include "core/engine/metrics.hpp"
 #include "core/queue/delivery.hpp"
 #include "core/queue/queue.hpp"
 #include "core/runtime/channel.hpp"
@@ -99,6 +101,8 @@ struct Shared {
     std::atomic<int> failed{0};
     const tls::TlsContext* tls_server = nullptr;  // --tls-cert; null: no TLS
     const tls::AuthUsers* auth_users = nullptr;   // --auth-users; null: no AUTH
+    // One per core, written by that core at each tick; read by the metrics endpoint.
+    std::unique_ptr<CoreMetrics[]> metrics;
 };
 
 struct EngineStart {
@@ -122,6 +126,9 @@ class Engine {
 
     // The thread body. Returns 0 after a graceful stop.
     int run();
+    // Ticks of this engine's timer so far (every 100 ms while it runs): the main thread's
+    // service watchdog reads it to tell a wedged core from a busy one.
+    [[nodiscard]] uint64_t ticks() const { return ticks_.load(std::memory_order_relaxed); }
 
     // For connections.
     [[nodiscard]] Reactor& reactor() { return reactor_; }
@@ -160,8 +167,10 @@ class Engine {
         uint64_t refused_busy = 0;
         uint64_t refused_per_ip = 0;
         uint64_t channel_full = 0;
+        LatencyHistogram eod_to_reply;  // end of data → the commit's outcome (250 or 4xx)
     };
     [[nodiscard]] const Stats& stats() const { return stats_; }
+    Stats& stats_mut() { return stats_; }
     // For the simulator's baseline checks once every client has gone.
     [[nodiscard]] size_t open_connections() const { return open_.size(); }
     [[nodiscard]] size_t addresses_with_permits() const { return per_ip_.size(); }
@@ -181,6 +190,7 @@ class Engine {
     void send_to(uint32_t core, const CoreMsg& m);
     void flush_outbox();
     void on_tick();
+    void publish_metrics();
     void begin_stop();
     void update_clock();
     [[nodiscard]] uint32_t owner_of(const smtp::IpAddress& ip) const;
@@ -221,12 +231,14 @@ class Engine {
 
     IoOp tick_op_{&Engine::on_tick_op, this};
     __kernel_timespec tick_ts_{0, 100'000'000};
+    std::atomic<uint64_t> ticks_{0};  // written by this core only
     IoOp stop_op_{&Engine::on_stop_op, this};
     uint64_t stop_buf_ = 0;
     bool stopping_ = false;
     bool listeners_closed_ = false;
     uint64_t stop_deadline_ms_ = 0;
     uint64_t now_us_ = 0;
+    uint64_t started_us_ = 0;  // sys::precise_us() when run() began: busy = lifetime - waiting
     Stats stats_;
 
     std::unique_ptr<tls::AuthWorker> auth_worker_;

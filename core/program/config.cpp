@@ -84,6 +84,7 @@ int refuse(const char* format, ...) {
 int parse_config(int argc, char** argv, Config& c) {
     CLI::App app{"ringmail — a durable, thread-per-core mail relay on io_uring"};
     app.set_config("--config", "", "read flags from FILE (key = value lines)");
+    app.set_version_flag("--version", RINGMAIL_VERSION);
     app.get_formatter()->column_width(44);
     // One line, and the caller exits 2: a usage error is not a crash.
     app.failure_message([](const CLI::App*, const CLI::Error& e) {
@@ -259,6 +260,12 @@ int parse_config(int argc, char** argv, Config& c) {
                    "quiet time after which an address's AUTH failures are forgotten")
         ->capture_default_str()
         ->check(CLI::Range(1000u, 86400000u));
+    std::string metrics_listen;
+    app.add_option("--metrics-listen", metrics_listen,
+                   "IP:PORT to serve Prometheus metrics on (GET /metrics); off when not given");
+    app.add_flag("--check-config", c.check_config,
+                 "check the flags and the files they name (TLS certificate and key, AUTH users, "
+                 "spool directory), print the result and exit: 0 good, 2 not");
     app.add_option("--log-level", c.log_level, "error, warn, info or debug")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
@@ -380,6 +387,15 @@ int parse_config(int argc, char** argv, Config& c) {
             return 3;
         }
         c.listen.push_back(a);
+    }
+    if (!metrics_listen.empty()) {
+        ListenAddress a;
+        if (!parse_listen(metrics_listen, a)) {
+            fprintf(stderr, "ringmail: --metrics-listen %s: expected IP:PORT (port 1-65535)\n",
+                    metrics_listen.c_str());
+            return 3;
+        }
+        c.metrics_listen = a;
     }
     const std::pair<const std::vector<std::string>*, ListenerKind> tls_listeners[] = {
         {&submission_listen, ListenerKind::submission}, {&smtps_listen, ListenerKind::smtps}};

@@ -18,6 +18,8 @@
 #include "core/base/config.hpp"
 #include "core/base/log.hpp"
 #include "core/engine/engine.hpp"
+#include "core/program/metrics_server.hpp"
+#include "core/program/notify.hpp"
 #include "core/program/recover.hpp"
 #include "net/inbound/listener.hpp"
 #include "spool/recovery.hpp"
@@ -33,6 +35,65 @@ int64_t realtime_us() {
     return std::chrono::duration_cast<std::chrono::microseconds>(
                std::chrono::system_clock::now().time_since_epoch())
         .count();
+}
+
+// Every spool path --check-config can vouch for without creating anything: an existing
+// directory we may write, or the nearest existing parent of one to be made.
+bool spool_dir_usable(const std::string& dir, std::string* why) {
+    struct stat st {};
+    std::string at = dir;
+    while (stat(at.c_str(), &st) != 0) {
+        if (errno != ENOENT) {
+            *why = at == dir ? strerror(errno) : at + ": " + strerror(errno);
+            return false;
+        }
+        const size_t slash = at.find_last_of('/');
+        if (slash == std::string::npos) {
+            at = ".";
+        } else {
+            at = slash == 0 ? "/" : at.substr(0, slash);
+        }
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        *why = at + ": not a directory";
+        return false;
+    }
+    if (access(at.c_str(), W_OK | X_OK) != 0) {
+        *why = at + ": " + strerror(errno);
+        return false;
+    }
+    return true;
+}
+
+// Waits for SIGTERM or SIGINT. Under a service manager that asked for a watchdog, wakes up
+// twice per period and pings it while every engine's timer has ticked since the last ping: a
+// wedged core stops the pings, and the manager restarts the relay.
+int wait_for_stop(const sigset_t& sigs, const Notifier& notifier,
+                  const std::vector<std::unique_ptr<Engine>>& engines) {
+    const uint64_t every_us = notifier.watchdog_interval_us();
+    if (every_us == 0) {
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        return sig;
+    }
+    std::vector<uint64_t> seen(engines.size(), 0);
+    for (;;) {
+        timespec ts{static_cast<time_t>(every_us / 1000000),
+                    static_cast<long>(every_us % 1000000) * 1000};
+        const int sig = sigtimedwait(&sigs, nullptr, &ts);
+        if (sig > 0) return sig;
+        bool alive = true;
+        for (size_t i = 0; i < engines.size(); i++) {
+            const uint64_t t = engines[i]->ticks();
+            if (t == seen[i]) {
+                alive = false;
+                LOG_WARN("core %zu has not ticked for %llu ms: no watchdog ping", i,
+                         static_cast<unsigned long long>(every_us / 1000));
+            }
+            seen[i] = t;
+        }
+        if (alive) notifier.send("WATCHDOG=1");
+    }
 }
 
 }  // namespace
@@ -93,6 +154,17 @@ int main(int argc, char** argv) {
         LOG_INFO("AUTH: %zu users from %s", auth_users.size(), cfg.auth_users_file.c_str());
     }
 
+    if (cfg.check_config) {
+        std::string why;
+        if (!spool_dir_usable(cfg.spool_dir, &why)) {
+            fprintf(stderr, "ringmail: --spool-dir %s: %s\n", cfg.spool_dir.c_str(), why.c_str());
+            return 2;
+        }
+        printf("ringmail: configuration ok\n");
+        return 0;
+    }
+    const Notifier notifier = Notifier::from_environment();
+    notifier.send("STATUS=recovering the spool");
     if (!make_dirs(cfg.spool_dir)) {
         LOG_ERROR("cannot create spool directory %s: %s", cfg.spool_dir.c_str(), strerror(errno));
         return 1;
@@ -119,6 +191,18 @@ int main(int argc, char** argv) {
     shared.mesh = std::make_unique<ChannelMesh<CoreMsg>>(cfg.threads, cfg.channel_capacity);
     shared.ring_fds.assign(cfg.threads, -1);
     shared.start_barrier = std::make_unique<std::barrier<>>(cfg.threads + 1);
+    shared.metrics = std::make_unique<CoreMetrics[]>(cfg.threads);
+    // Bound before the cores start, so a taken port is a start failure like a taken SMTP port.
+    MetricsServer metrics;
+    if (cfg.metrics_listen) {
+        std::string merr;
+        if (!metrics.start(*cfg.metrics_listen, shared.metrics.get(), cfg.threads, &merr)) {
+            LOG_ERROR("%s", merr.c_str());
+            return 1;
+        }
+        LOG_INFO("metrics on http://%s:%u/metrics", cfg.metrics_listen->host.c_str(),
+                 cfg.metrics_listen->port);
+    }
 
     // Queue ids: core in the low byte, a counter above it that starts past every id already
     // in the spool and past the current time in microseconds, so ids never repeat.
@@ -158,9 +242,11 @@ int main(int argc, char** argv) {
         }
         LOG_INFO("ringmail ready: listening on%s, %u threads, spool %s", addrs.c_str(), cfg.threads,
                  cfg.spool_dir.c_str());
-        int sig = 0;
-        sigwait(&sigs, &sig);
+        notifier.send("READY=1\nSTATUS=listening on" + addrs +
+                      "\nMAINPID=" + std::to_string(getpid()));
+        const int sig = wait_for_stop(sigs, notifier, engines);
         LOG_INFO("signal %d: stopping", sig);
+        notifier.send("STOPPING=1\nSTATUS=stopping: finishing sessions and commits");
     }
     uint64_t one = 1;
     for (int fd : stop_fds) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/base/assert.hpp"
+#include "core/runtime/sim_hooks.hpp"
 
 namespace ringmail {
 
@@ -96,6 +97,7 @@ class Reactor {
     [[nodiscard]] bool msg_ring_supported() const { return true; }
     [[nodiscard]] bool owner_thread() const { return true; }
     [[nodiscard]] uint64_t submits() const { return submits_; }
+    [[nodiscard]] uint64_t wait_us() const { return 0; }  // simulated time is not idle time
 
     // For the backend: the simulated ring's identity and its provided buffers.
     void set_ring_fd(int fd) { ring_fd_ = fd; }
@@ -192,6 +194,7 @@ class Reactor {
     [[nodiscard]] bool msg_ring_supported() const { return msg_ring_; }
     [[nodiscard]] bool owner_thread() const;  // asserted at entry points
     [[nodiscard]] uint64_t submits() const { return submits_; }
+    [[nodiscard]] uint64_t wait_us() const { return wait_us_; }
 
   private:
     void publish_buffers();
@@ -206,13 +209,16 @@ class Reactor {
     uint32_t entries_ = 0;          // submission queue entries
     uint32_t buffers_pending_ = 0;  // recycled since the last publish
     uint64_t submits_ = 0;
+    uint64_t wait_us_ = 0;  // in io_uring_submit_and_wait: the core's idle time, for metrics
     unsigned long owner_tid_ = 0;
 };
 
 template <typename TagFn>
 void Reactor::run_once(TagFn&& on_tag) {
     publish_buffers();
+    const uint64_t t0 = sys::precise_us();
     int r = io_uring_submit_and_wait(&ring_, 1);
+    wait_us_ += sys::precise_us() - t0;
     submits_++;
     (void)r;  // -EINTR / -EAGAIN: just reap what is there and come back
     unsigned head, n = 0;

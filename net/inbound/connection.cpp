@@ -631,6 +631,7 @@ void Connection::message_end() {
     RM_ASSERT(in_message_);
     in_message_ = false;
     committing_ = true;
+    eod_us_ = sys::precise_us();
     engine_.committer().submit(this);
 }
 
@@ -642,6 +643,7 @@ void Connection::message_abort() {
 void Connection::commit_finished(smtp::CommitResult r) {
     RM_ASSERT(committing_);
     committing_ = false;
+    engine_.stats_mut().eod_to_reply.record(sys::precise_us() - eod_us_);
     // The session learns the outcome even when the peer has gone: it waits in commit_wait
     // until then, and the slot's next open() resets it.
     session_.commit_done(r);

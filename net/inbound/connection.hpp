@@ -138,6 +138,7 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     bool holds_permit_ = false;
     bool in_message_ = false;
     bool committing_ = false;
+    uint64_t eod_us_ = 0;  // sys::precise_us() when the message was handed to the committer
     bool shutdown_requested_ = false;
     bool starved_ = false;  // recv ended with ENOBUFS
     uint32_t inflight_ = 0;

@@ -423,6 +423,7 @@ void Committer::start_batch() {
     // before this one is durable. Results are handed out in batch order (drain_batches).
     b.active = true;
     b.ok = true;
+    b.started_us = sys::precise_us();
     b.serial = ++serial_started_;
     b.fd = current_.fd;
     b.seg_seq = current_.seq;
@@ -504,6 +505,7 @@ void Committer::finish_batch(Batch& b) {
         statuses_retry_.insert(statuses_retry_.end(), b.statuses.begin(), b.statuses.end());
     } else {
         stats_.commits++;
+        stats_.commit_latency.record(sys::precise_us() - b.started_us);
     }
     uint64_t off = b.offset;
     for (CommitWaiter* w : b.waiters) {

@@ -30,6 +30,7 @@
 
 #include "core/base/commit_result.hpp"
 #include "core/base/config.hpp"
+#include "core/base/histogram.hpp"
 #include "core/queue/queue.hpp"
 #include "core/runtime/reactor.hpp"
 #include "spool/record.hpp"
@@ -67,9 +68,10 @@ struct CommitStats {
     uint64_t commits = 0;   // fdatasyncs of message batches
     uint64_t messages = 0;  // messages made durable
     uint64_t bytes = 0;
-    uint64_t failed = 0;    // messages answered 451/452
-    uint64_t segments = 0;  // segments created
-    uint64_t statuses = 0;  // status records appended
+    uint64_t failed = 0;              // messages answered 451/452
+    uint64_t segments = 0;            // segments created
+    uint64_t statuses = 0;            // status records appended
+    LatencyHistogram commit_latency;  // batch submitted → written and fdatasynced
 };
 
 class Committer {
@@ -156,6 +158,7 @@ class Committer {
         uint32_t ops_left = 0;
         uint64_t bytes_expected = 0;  // by its writes
         uint64_t bytes_written = 0;   // as their completions say
+        uint64_t started_us = 0;      // sys::precise_us() at submission
         bool ok = true;
         bool active = false;
     };
