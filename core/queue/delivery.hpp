@@ -14,6 +14,11 @@
 //
 // All on the engine's thread; nothing here blocks but the opening of a spool segment for
 // reading (once per segment).
+//
+// One class, one file per job: delivery.cpp (start, the tick, stop), dispatch.cpp (messages
+// in, due recipients to jobs), outcome.cpp (outcomes, expiry, the delivery log), bounce.cpp
+// (DSNs), segment_gc.cpp (segment deletion and compaction), destination.cpp (the destination
+// side); delivery_parts.hpp holds the helper types they share.
 #pragma once
 
 #include <cstdint>
@@ -189,6 +194,11 @@ class Delivery {
                std::string_view remote, std::string_view tls = {});
     void finish_message(sched::MessageRef m);
     void start_connections(Destination& d);
+    // The parts of on_tick, in its order.
+    void expire(uint64_t now);             // outcome.cpp: past the queue lifetime
+    void retry_bounces(uint64_t now);      // bounce.cpp: DSN reads and stores to try again
+    void tick_connections(uint64_t now);   // destination.cpp: connection timeouts
+    void tick_destinations(uint64_t now);  // destination.cpp: rested ones, the idle bound
     void arm_dns_poll();
     static void on_dns_readable(void* self, int res, uint32_t flags);
     [[nodiscard]] uint64_t random();
