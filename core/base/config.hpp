@@ -73,7 +73,8 @@ struct Config {
     uint64_t compact_after_ms = 0;     // more: a mail loop, bounce 5.4.6
     bool fsync = true;                 // only a benchmark may turn this off; logged loudly
     std::string log_level = "info";
-    bool check_config = false;  // --check-config: validate, load the files named, exit
+    std::string log_format = "text";  // or "json"
+    bool check_config = false;        // --check-config: validate, load the files named, exit
     // TLS and AUTH (server side).
     std::string tls_cert_file;  // PEM chain; with it STARTTLS is offered on plain listeners
     std::string tls_key_file;

@@ -112,6 +112,7 @@ int Engine::run() {
     // Every core has published its ring fd (or failed) before anyone sends a wake.
     shared_.start_barrier->arrive_and_wait();
     if (shared_.failed.load() != 0) return 1;
+    log::set_thread_buffered(true);  // from here the loop writes them once per iteration
 
     connections_max_ = std::max<uint32_t>(1, cfg.connections_max / ncores_);
     slots_.reserve(connections_max_);
@@ -147,6 +148,7 @@ int Engine::run() {
         if (delivery_) delivery_->flush();
         committer_->flush(now_us_);
         flush_outbox();
+        log::flush();  // this iteration's lines, in one write
         if (stopping_ && now_ms() > stop_deadline_ms_) {
             LOG_WARN("stop: %zu connections still open after %llu ms; exiting", open_.size(),
                      static_cast<unsigned long long>(kStopGraceMs));
@@ -155,6 +157,7 @@ int Engine::run() {
     }
     committer_->shutdown();
     tls::release_thread_caches();  // this thread's handshakes filled them
+    log::set_thread_buffered(false);
     return 0;
 }
 

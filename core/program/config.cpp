@@ -266,6 +266,10 @@ int parse_config(int argc, char** argv, Config& c) {
     app.add_flag("--check-config", c.check_config,
                  "check the flags and the files they name (TLS certificate and key, AUTH users, "
                  "spool directory), print the result and exit: 0 good, 2 not");
+    app.add_option("--log-format", c.log_format,
+                   "text, or json: one object per line with stable keys (see the README)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"text", "json"}));
     app.add_option("--log-level", c.log_level, "error, warn, info or debug")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}));

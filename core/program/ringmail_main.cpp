@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
     Config cfg;
     if (int r = parse_config(argc, argv, cfg); r != 0) return r - 1;
     log::set_level(cfg.log_level.c_str());
+    log::set_format(cfg.log_format == "json" ? log::Format::json : log::Format::text);
 
     // Signals are taken by sigwait in this thread only; reactor threads inherit the mask.
     sigset_t sigs;

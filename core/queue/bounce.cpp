@@ -146,8 +146,17 @@ void Delivery::dsn_read(DsnRead* r, int err) {
     w->params = dsn.eight_bit ? "BODY=8BITMIME" : "";
     char did[16];
     smtp::format_queue_id(in.dsn_id, did);
-    LOG_INFO("bounce of %.16s: DSN %.16s to <%s> for %zu recipient(s)", qid, did, w->sender.c_str(),
-             rcpts.size());
+    if (log::json()) {
+        log::Event(log::Level::info, "dsn")
+            .str("queue_id", std::string_view(qid, 16))
+            .str("dsn_id", std::string_view(did, sizeof did))
+            .str("recipient", w->sender)
+            .num("recipients", rcpts.size())
+            .emit();
+    } else {
+        LOG_INFO("bounce of %.16s: DSN %.16s to <%s> for %zu recipient(s)", qid, did,
+                 w->sender.c_str(), rcpts.size());
+    }
     // The bounces of this round wait with their DSN: their statuses are written once it is
     // durable (dsn_committed); the message is held until then.
     w->bounces = std::move(h.bounces);

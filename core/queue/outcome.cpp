@@ -16,6 +16,20 @@ namespace {
 
 using sys::realtime_us;  // the simulator's clock in sim builds
 
+// The RFC 3463 code of an outcome's text: "550 5.1.1 ..." (a remote reply) or "4.4.7 ..." (our
+// own); "" when it has none.
+std::string_view dsn_code_in(std::string_view text) {
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    if (text.size() > 4 && digit(text[0]) && digit(text[1]) && digit(text[2]) && text[3] == ' ') {
+        const auto code =
+            static_cast<uint16_t>((text[0] - '0') * 100 + (text[1] - '0') * 10 + (text[2] - '0'));
+        return smtp::parse_enhanced_status(code, text.substr(4));
+    }
+    if (!text.empty() && digit(text[0]))
+        return smtp::parse_enhanced_status(static_cast<uint16_t>((text[0] - '0') * 100), text);
+    return {};
+}
+
 const char* outcome_name(sched::RcptState s, bool expired) {
     if (expired) return "expired";
     switch (s) {
@@ -105,6 +119,31 @@ void Delivery::log_outcome(const Held& h, uint32_t rcpt, const char* status, uin
     char qid[16];
     smtp::format_queue_id(h.id, qid);
     std::string_view to = address_of(h, rcpt);
+    if (log::json()) {
+        if (!log::enabled(log::Level::info)) return;
+        // "mx.example.net[192.0.2.1]" → relay host and IP apart.
+        std::string_view host = remote, ip;
+        if (const size_t b = remote.rfind('[');
+            b != std::string_view::npos && remote.back() == ']') {
+            host = remote.substr(0, b);
+            ip = remote.substr(b + 1, remote.size() - b - 2);
+        }
+        log::Event(log::Level::info, "delivery")
+            .str("queue_id", std::string_view(qid, sizeof qid))
+            .num("rcpt", rcpt)
+            .str("recipient", to)
+            .str("domain", domain_names_[h.domains[rcpt]])
+            .str("relay_host", host)
+            .str("relay_ip", ip)
+            .str("status", status)
+            .str("dsn", dsn_code_in(text))
+            .str("reply", text)
+            .num("attempts", attempts)
+            .seconds("delay", static_cast<double>(at_unix_us - h.arrival_unix_us) / 1e6)
+            .str("tls", tls)
+            .emit();
+        return;
+    }
     LOG_INFO(
         "delivery id=%.16s rcpt=%u to=<%.*s> domain=%s relay=%.*s status=%s attempts=%u "
         "delay=%.1fs reply=\"%.*s\" tls=%.*s",

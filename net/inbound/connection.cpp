@@ -617,13 +617,17 @@ smtp::MessageSink::Start Connection::message_begin(const smtp::Envelope& env) {
     Committer& c = engine_.committer();
     uint64_t id = c.next_id();
     if (!builder.begin(c.pool(), id, realtime_us(), f)) return {};
+    accepted_id_ = id;
     in_message_ = true;
+    body_bytes_ = 0;
+    if (log::json()) sender_.assign(env.mail_from);  // for the `accepted` event
     rcpt_view = rcpt_fields_;
     rcpts = static_cast<uint16_t>(std::min<size_t>(env.rcpts.size(), UINT16_MAX));
     return {id, engine_.unix_time_s()};
 }
 
 bool Connection::message_body(std::string_view chunk) {
+    body_bytes_ += chunk.size();
     return builder.append(chunk);
 }
 
@@ -635,6 +639,23 @@ void Connection::message_end() {
     engine_.committer().submit(this);
 }
 
+// One `accepted` event per message made durable (JSON logs only: the text log has one line
+// per delivery, as before).
+void Connection::log_accepted() {
+    if (!log::enabled(log::Level::info)) return;
+    char qid[16];
+    smtp::format_queue_id(accepted_id_, qid);
+    log::Event(log::Level::info, "accepted")
+        .str("queue_id", std::string_view(qid, sizeof qid))
+        .str("sender", sender_)
+        .num("recipients", rcpts)
+        .num("size", body_bytes_)
+        .str("client_ip", client_.addr_text)
+        .str("tls_version", tls_ ? tls_->session.version() : std::string_view())
+        .str("tls_cipher", tls_ ? tls_->session.cipher() : std::string_view())
+        .emit();
+}
+
 void Connection::message_abort() {
     builder.reset();
     in_message_ = false;
@@ -644,6 +665,7 @@ void Connection::commit_finished(smtp::CommitResult r) {
     RM_ASSERT(committing_);
     committing_ = false;
     engine_.stats_mut().eod_to_reply.record(sys::precise_us() - eod_us_);
+    if (r == smtp::CommitResult::ok && log::json()) log_accepted();
     // The session learns the outcome even when the peer has gone: it waits in commit_wait
     // until then, and the slot's next open() resets it.
     session_.commit_done(r);

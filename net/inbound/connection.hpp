@@ -64,6 +64,7 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     uint32_t list_index = 0;  // position in the engine's list of open connections
 
   private:
+    void log_accepted();
     // smtp::MessageSink
     Start message_begin(const smtp::Envelope& env) override;
     bool message_body(std::string_view chunk) override;
@@ -138,7 +139,12 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     bool holds_permit_ = false;
     bool in_message_ = false;
     bool committing_ = false;
-    uint64_t eod_us_ = 0;  // sys::precise_us() when the message was handed to the committer
+    uint64_t eod_us_ = 0;
+    // For the JSON `accepted` event: the message's id, text bytes and sender (kept only in JSON
+    // mode; the string keeps its capacity across messages).
+    uint64_t accepted_id_ = 0;
+    uint64_t body_bytes_ = 0;
+    std::string sender_;  // sys::precise_us() when the message was handed to the committer
     bool shutdown_requested_ = false;
     bool starved_ = false;  // recv ended with ENOBUFS
     uint32_t inflight_ = 0;

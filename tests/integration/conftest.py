@@ -287,7 +287,17 @@ class Daemon:
 
     def check_log_clean(self):
         lines = self.log_text().splitlines()
-        bad = [ln for ln in lines if BAD_STDERR_RE.search(ln) or not LOG_LINE_RE.match(ln)]
+        json_log = "json" in self.args and "--log-format" in self.args
+
+        def is_log_line(ln):
+            if not json_log:
+                return LOG_LINE_RE.match(ln)
+            try:
+                return isinstance(json.loads(ln), dict)
+            except ValueError:
+                return False
+
+        bad = [ln for ln in lines if BAD_STDERR_RE.search(ln) or not is_log_line(ln)]
         assert not bad, "ringmail stderr holds more than log lines:\n" + "\n".join(bad[:20])
 
     def stop(self, deadline_s=STOP_DEADLINE_S):
