@@ -139,7 +139,7 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     bool in_message_ = false;
     bool committing_ = false;
     bool shutdown_requested_ = false;
-    bool starved_ = false;  // recv ended with ENOBUFS
+    bool starved_ = false;  // recv ended with ENOBUFS: in the engine's list until resume_recv
     uint32_t inflight_ = 0;
     uint32_t npending_ = 0;
     Pending pending_[kPendingMax];
