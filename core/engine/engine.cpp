@@ -118,6 +118,7 @@ int Engine::run() {
     slots_.reserve(connections_max_);
     free_.reserve(connections_max_);
     open_.reserve(connections_max_);
+    starved_.reserve(connections_max_);
     update_clock();
     for (size_t i = 0; i < start_.listen_fds.size(); i++) {
         accept_ops_.push_back(
@@ -142,12 +143,13 @@ int Engine::run() {
         });
         update_clock();
         drain_channels();  // cheap when empty; catches items whose wake is still in flight
-        for (Connection* c : starved_)
-            c->resume_recv();
-        starved_.clear();
         if (delivery_) delivery_->flush();
         committer_->flush(now_us_);
         flush_outbox();
+        // Last: buffers recycled by this iteration's work count (published before the
+        // receives re-armed here are submitted).
+        if (!starved_.empty() && reactor_.buffers_recycled() != starved_published_)
+            resume_starved();
         log::flush();  // this iteration's lines, in one write
         if (stopping_ && now_ms() > stop_deadline_ms_) {
             LOG_WARN("stop: %zu connections still open after %llu ms; exiting", open_.size(),
@@ -236,8 +238,26 @@ void Engine::connection_released(Connection* c) {
     free_.push_back(c);
 }
 
-void Engine::recv_starved(Connection* c) {
-    starved_.push_back(c);
+// A receive that ended with ENOBUFS found the ring empty as published at the top of this
+// iteration. Re-armed before a buffer comes back it fails again at once, and re-armed at every
+// iteration while the ring stays empty it is a busy loop of failing receives. So starved
+// connections wait until a buffer has been recycled since what was published when the last of
+// them failed (run() checks after each iteration's work; the buffer is published before their
+// receives are submitted), or for the tick: a receive run by a submission from inside a
+// handler (a full submission queue) may have missed a buffer recycled just before, which
+// counts as published by the time its completion is seen.
+void Engine::recv_starved(Connection* c, bool listed) {
+    if (!listed) {
+        RM_ASSERT(starved_.size() < connections_max_);  // once each (Connection::starved_)
+        starved_.push_back(c);
+    }
+    starved_published_ = reactor_.buffers_published();
+}
+
+void Engine::resume_starved() {
+    for (Connection* c : starved_)
+        c->resume_recv();
+    starved_.clear();
 }
 
 // --- per-address permits, owned by one core per address --------------------------------
@@ -406,6 +426,7 @@ void Engine::on_tick() {
     uint64_t now = now_ms();
     if (delivery_) delivery_->on_tick();
     publish_metrics();
+    resume_starved();
     // Connections may leave open_ during tick(); walk a snapshot by index from the end.
     for (size_t i = open_.size(); i-- > 0;) {
         if (i < open_.size()) open_[i]->tick(now);

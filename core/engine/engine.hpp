@@ -140,7 +140,9 @@ class Engine {
     [[nodiscard]] bool stopping() const { return stopping_; }
     void connection_released(Connection* c);  // the slot is free again
     void release_permit(const smtp::IpAddress& ip);
-    void recv_starved(Connection* c);
+    // c's receive ended with ENOBUFS: it is re-armed once a buffer has come back to the ring.
+    // listed: c is in the list already (its slot's last client starved and was not resumed).
+    void recv_starved(Connection* c, bool listed);
     [[nodiscard]] uint32_t cores() const { return ncores_; }
     void send_job(uint32_t core, const JobMsg& j);
     void send_outcome(uint32_t core, const OutcomeMsg& o);
@@ -191,6 +193,7 @@ class Engine {
     void flush_outbox();
     void on_tick();
     void publish_metrics();
+    void resume_starved();
     void begin_stop();
     void update_clock();
     [[nodiscard]] uint32_t owner_of(const smtp::IpAddress& ip) const;
@@ -221,6 +224,7 @@ class Engine {
     std::vector<Connection*> free_;
     std::vector<Connection*> open_;  // every connection not free
     std::vector<Connection*> starved_;
+    uint64_t starved_published_ = 0;  // Reactor::buffers_published() at the last ENOBUFS
     uint32_t connections_max_ = 0;
     uint32_t generation_ = 0;
 

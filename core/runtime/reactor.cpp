@@ -52,6 +52,7 @@ bool Reactor::init(uint32_t entries, uint32_t buffer_bytes, uint32_t buffer_coun
     ring_.reserve(buffer_count);
     for (uint32_t i = 0; i < buffer_count; i++)
         ring_.push_back(static_cast<uint16_t>(i));
+    buffers_published_ = buffer_count;
     return true;
 }
 
@@ -97,6 +98,7 @@ void Reactor::publish_buffers() {
         ring_head_ = 0;
     }
     ring_.insert(ring_.end(), pending_.begin(), pending_.end());
+    buffers_published_ += pending_.size();
     pending_.clear();
 }
 
@@ -191,6 +193,7 @@ void Reactor::recycle(uint16_t bid) {
 void Reactor::publish_buffers() {
     if (buffers_pending_ == 0) return;
     io_uring_buf_ring_advance(buf_ring_, static_cast<int>(buffers_pending_));
+    buffers_published_ += buffers_pending_;
     buffers_pending_ = 0;
 }
 

@@ -92,6 +92,9 @@ class Reactor {
         return buffers_ + static_cast<size_t>(bid) * buffer_bytes_;
     }
     void recycle(uint16_t bid);
+    // See the io_uring Reactor's.
+    [[nodiscard]] uint64_t buffers_recycled() const { return buffers_published_ + pending_.size(); }
+    [[nodiscard]] uint64_t buffers_published() const { return buffers_published_; }
     [[nodiscard]] uint32_t buffer_bytes() const { return buffer_bytes_; }
     [[nodiscard]] int ring_fd() const { return ring_fd_; }
     [[nodiscard]] bool msg_ring_supported() const { return true; }
@@ -122,6 +125,7 @@ class Reactor {
     size_t ring_head_ = 0;
     std::vector<uint16_t> pending_;  // recycled since the last publish
     std::vector<uint8_t> in_app_;    // per buffer: handed to the application, not yet recycled
+    uint64_t buffers_published_ = 0;
     uint64_t submits_ = 0;
     int ring_fd_ = -1;
 };
@@ -188,6 +192,13 @@ class Reactor {
         return buffers_ + static_cast<size_t>(bid) * buffer_bytes_;
     }
     void recycle(uint16_t bid);  // published to the kernel at the next submit
+    // Buffers handed back since start (a counter that only grows), and of those the ones
+    // published to the kernel: a receive that found the ring empty can succeed only once
+    // buffers_recycled() has passed what buffers_published() was when it failed.
+    [[nodiscard]] uint64_t buffers_recycled() const {
+        return buffers_published_ + buffers_pending_;
+    }
+    [[nodiscard]] uint64_t buffers_published() const { return buffers_published_; }
     [[nodiscard]] uint32_t buffer_bytes() const { return buffer_bytes_; }
 
     [[nodiscard]] int ring_fd() const { return ring_.ring_fd; }
@@ -206,8 +217,9 @@ class Reactor {
     char* buffers_ = nullptr;
     uint32_t buffer_bytes_ = 0;
     uint32_t buffer_count_ = 0;
-    uint32_t entries_ = 0;          // submission queue entries
-    uint32_t buffers_pending_ = 0;  // recycled since the last publish
+    uint32_t entries_ = 0;            // submission queue entries
+    uint32_t buffers_pending_ = 0;    // recycled since the last publish
+    uint64_t buffers_published_ = 0;  // in all, including the initial ones
     uint64_t submits_ = 0;
     uint64_t wait_us_ = 0;  // in io_uring_submit_and_wait: the core's idle time, for metrics
     unsigned long owner_tid_ = 0;

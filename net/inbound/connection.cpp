@@ -44,7 +44,8 @@ void Connection::open(int fd, const smtp::IpAddress& ip, uint32_t generation, Li
     generation_ = generation;
     state_ = State::awaiting_permit;
     recv_armed_ = send_inflight_ = close_submitted_ = holds_permit_ = false;
-    in_message_ = committing_ = shutdown_requested_ = starved_ = false;
+    in_message_ = committing_ = shutdown_requested_ = false;
+    // starved_ stays: set, the slot is still in the engine's list of starved receives.
     format_ip(ip, addr_text_, sizeof addr_text_);
     client_.addr_text = addr_text_;
     client_.addr = ip;
@@ -220,10 +221,10 @@ void Connection::on_recv(void* self, int res, uint32_t flags) {
         c->maybe_release();
         return;
     }
-    if (res == -ENOBUFS) {  // every receive buffer of this core is in use: retry soon
-        if (!more && !c->starved_) {
+    if (res == -ENOBUFS) {  // every receive buffer of this core is in use: retry once one is back
+        if (!more) {
+            c->engine_.recv_starved(c, c->starved_);
             c->starved_ = true;
-            c->engine_.recv_starved(c);
         }
         return;
     }

@@ -146,7 +146,7 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     uint64_t body_bytes_ = 0;
     std::string sender_;  // sys::precise_us() when the message was handed to the committer
     bool shutdown_requested_ = false;
-    bool starved_ = false;  // recv ended with ENOBUFS
+    bool starved_ = false;  // recv ended with ENOBUFS: in the engine's list until resume_recv
     uint32_t inflight_ = 0;
     uint32_t npending_ = 0;
     Pending pending_[kPendingMax];

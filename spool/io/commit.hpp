@@ -96,10 +96,12 @@ class Committer {
     [[nodiscard]] bool idle() const {
         return pending_.empty() && statuses_.empty() && statuses_retry_.empty() && inflight_ == 0;
     }
-    // Idle, and no segment preparation in flight: nothing of ours is left in the ring (an
-    // openat completing after the ring is gone would leak its fd).
+    // Idle, no segment preparation and no close in flight: nothing of ours is left in the ring
+    // (an openat completing after the ring is gone would leak its fd, and so would a close that
+    // had not run yet).
     [[nodiscard]] bool quiescent() const {
-        return idle() && (prep_ == Prep::none || prep_ == Prep::ready || prep_ == Prep::failed);
+        return idle() && closes_inflight_ == 0 &&
+               (prep_ == Prep::none || prep_ == Prep::ready || prep_ == Prep::failed);
     }
     // No segment preparation in flight: the next segment is ready, or its preparation failed.
     [[nodiscard]] bool segment_settled() const {
@@ -183,7 +185,7 @@ class Committer {
     void zero_next_chunk();
     static void on_batch_op(void* self, int res, uint32_t);
     static void on_prep_op(void* self, int res, uint32_t);
-    static void on_close_op(void*, int, uint32_t) {}
+    static void on_close_op(void* self, int res, uint32_t);
     [[nodiscard]] std::string segment_path(uint64_t seq) const;
 
     Reactor& reactor_;
@@ -224,6 +226,7 @@ class Committer {
     uint64_t fail_serial_ =
         0;  // inject_batch_failure  // batches up to this serial fail (see finish_batch)
     std::vector<Retired> retired_;
+    uint32_t closes_inflight_ = 0;  // segment fds closed through the ring, not yet done
     uint64_t now_us_ = 0;
     uint64_t window_start_us_ = 0;
 

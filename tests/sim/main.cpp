@@ -1,8 +1,11 @@
 // main.cpp — ringmail-sim, the runner of the deterministic simulator (sim.hpp).
 //
 //   ringmail-sim --seeds N [--seed S] | --list S1,S2,... [--steps K] [--verbose] [--no-fork]
-//                [--check-determinism]
+//                [--check-determinism] [--recv-buffers N]
 //
+// --recv-buffers gives the engine N provided receive buffers instead of the seed's choice
+// (the rest of the run is drawn as without it): few buffers and many clients keep receives
+// starved.
 // Runs seeds S..S+N-1, each in a forked child so that an engine abort (a broken RM_ASSERT) is
 // reported with its seed instead of ending the runner; prints every failing seed with the
 // command that replays it and, last, "N seeds, F failures". Exits non-zero on any failure.
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "core/base/limits.hpp"
 #include "core/base/log.hpp"
 #include "tests/sim/sim.hpp"
 
@@ -34,6 +38,7 @@ struct Args {
     bool verbose = false;
     bool fork = true;
     bool determinism = false;
+    uint64_t recv_buffers = 0;
     std::vector<uint64_t> list;  // --list: these seeds instead of a range
 };
 
@@ -53,6 +58,7 @@ int run_here(const Args& a, uint64_t seed, const std::string& base) {
     o.steps_max = a.steps;
     o.verbose = a.verbose;
     o.dir = base + "/seed-" + std::to_string(seed);
+    o.recv_buffer_count = static_cast<uint32_t>(a.recv_buffers);
     std::filesystem::remove_all(o.dir);
     std::filesystem::create_directories(o.dir);
     log::set_level(log::Level::error);
@@ -65,9 +71,9 @@ int run_here(const Args& a, uint64_t seed, const std::string& base) {
         fprintf(stderr,
                 "%sok digest=%016" PRIx64 " clients=%" PRIu64 " messages=%" PRIu64 " acked=%" PRIu64
                 " recovered=%" PRIu64 " unacked_recovered=%" PRIu64 " crashes=%" PRIu64
-                " faults=%" PRIu64 " steps=%" PRIu64 "\n",
+                " faults=%" PRIu64 " steps=%" PRIu64 " enobufs=%" PRIu64 "\n",
                 kResult, digest, st.clients, st.messages_sent, st.acked, st.recovered,
-                st.unacked_recovered, st.crashes, st.faults, st.steps);
+                st.unacked_recovered, st.crashes, st.faults, st.steps, st.recv_enobufs);
     } catch (const sim::Failure& f) {
         fprintf(stderr, "%sFAIL %s\n", kResult, f.what());
         rc = 1;
@@ -171,6 +177,8 @@ int main(int argc, char** argv) {
             a.fork = false;
         else if (s == "--check-determinism")
             a.determinism = true;
+        else if (s == "--recv-buffers")
+            num(a.recv_buffers);
         else if (s == "--list" && i + 1 < argc) {
             for (const char* p = argv[++i]; *p;) {
                 char* end;
@@ -181,9 +189,14 @@ int main(int argc, char** argv) {
         } else {
             fprintf(stderr,
                     "usage: ringmail-sim --seeds N [--seed S] | --list S1,S2,... [--steps K] "
-                    "[--verbose] [--no-fork] [--check-determinism]\n");
+                    "[--verbose] [--no-fork] [--check-determinism] [--recv-buffers N]\n");
             return 2;
         }
+    }
+    if (a.recv_buffers > limits::recv_buffer_count_max) {
+        fprintf(stderr, "ringmail-sim: --recv-buffers is at most %u\n",
+                limits::recv_buffer_count_max);
+        return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     // glibc reports heap corruption on the terminal unless told to use stderr, which the

@@ -46,7 +46,8 @@ void install_hooks(World& w) {
     };
 }
 
-Config make_config(Rng& r, const std::string& spool_dir) {
+Config make_config(Rng& r, const Options& o) {
+    const std::string spool_dir = o.dir + "/spool";
     Config c;
     c.threads = 1;
     c.spool_dir = spool_dir;
@@ -66,6 +67,7 @@ Config make_config(Rng& r, const std::string& spool_dir) {
     static const uint32_t kBufCount[] = {4, 16, 64, 256};
     c.recv_buffer_bytes = kBufBytes[r.below(4)];
     c.recv_buffer_count = kBufCount[r.below(4)];
+    if (o.recv_buffer_count != 0) c.recv_buffer_count = o.recv_buffer_count;  // drawn all the same
     // Any record must fit an empty segment (core/program/config.cpp checks the same relation).
     const uint64_t record_max =
         c.message_size_max_bytes +
@@ -179,7 +181,7 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
         ~Unset() { set_sim_backend(nullptr); }
     } unset;
     Rng& r = w.rng;
-    const Config cfg = make_config(r, o.dir + "/spool");
+    const Config cfg = make_config(r, o);
     std::vector<smtp::Cidr> nets;
     for (const auto& n : cfg.relay_networks)
         nets.push_back(*smtp::Cidr::parse(n));

@@ -161,12 +161,14 @@ struct Options {
     uint64_t seed = 0;
     uint64_t steps_max = 3'000'000;
     bool verbose = false;
-    std::string dir;  // the run's spool parent directory
+    std::string dir;                 // the run's spool parent directory
+    uint32_t recv_buffer_count = 0;  // provided receive buffers; 0: drawn from the seed
 };
 
 struct RunStats {
     uint64_t clients = 0, messages_sent = 0, acked = 0, recovered = 0, crashes = 0,
              unacked_recovered = 0, cqes = 0, steps = 0, faults = 0;
+    uint64_t recv_enobufs = 0;  // receives that found no provided buffer
 };
 
 class World final : public SimBackend {
@@ -248,6 +250,7 @@ class World final : public SimBackend {
     [[nodiscard]] std::string describe() const;
     int file_fault(uint8_t opcode);
     uint64_t file_latency_us(uint8_t opcode);
+    void check_enobufs(const Op& op);
 
     uint64_t now_us_ = 1'000'000;
     uint64_t seq_ = 0;
@@ -262,6 +265,14 @@ class World final : public SimBackend {
     int next_fd_ = kSimFdBase;
     size_t crash_index_ = 0;
     size_t restart_index_ = 0;
+    // A receive that found the ring empty: what had been published then, and how many timers
+    // had fired (the engine's tick), per socket.
+    struct Starved {
+        uint64_t published = 0;
+        uint64_t timeouts = 0;
+    };
+    std::map<int, Starved> starved_;
+    uint64_t timeouts_fired_ = 0;
 
   public:
     int new_fd() { return next_fd_++; }

@@ -276,6 +276,7 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
         case IORING_OP_NOP:
             return complete(op, 0, 0, out);
         case IORING_OP_TIMEOUT:
+            timeouts_fired_++;
             return complete(op, -ETIME, 0, out);
         case IORING_OP_ASYNC_CANCEL:
             return complete(op, static_cast<int>(static_cast<int64_t>(s.off)), 0, out);
@@ -296,7 +297,10 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
             if (k->rst) return complete(op, -ECONNRESET, 0, out);
             if (k->unread_by_server() == 0) return complete(op, 0, 0, out);  // FIN
             const int bid = op.r->take_buffer();
-            if (bid < 0) return complete(op, -ENOBUFS, 0, out);
+            if (bid < 0) {
+                check_enobufs(op);
+                return complete(op, -ENOBUFS, 0, out);
+            }
             size_t n = std::min<size_t>(k->unread_by_server(), op.r->buffer_bytes());
             if (rng.chance(1, 4)) n = rng.range(1, n);  // a partial receive
             memcpy(op.r->buffer(static_cast<uint16_t>(bid)), k->to_server.data() + k->to_server_off,
@@ -395,6 +399,20 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
         default:
             throw Failure("unhandled opcode " + std::to_string(s.opcode));
     }
+}
+
+// A receive re-armed after ENOBUFS can only fail again until a buffer comes back: one re-armed
+// with no buffer published since its last failure, and no tick, is a busy loop of failing
+// receives (the engine re-armed starved connections at every iteration).
+void World::check_enobufs(const Op& op) {
+    stats.recv_enobufs++;
+    const Starved now{op.r->buffers_published(), timeouts_fired_};
+    auto [it, first] = starved_.try_emplace(op.sqe.fd, now);
+    if (!first && it->second.published == now.published && it->second.timeouts == now.timeouts)
+        throw Failure("socket " + std::to_string(op.sqe.fd) +
+                      ": a receive failed with ENOBUFS again with no buffer returned to the ring "
+                      "and no tick since the last one (a starved receive re-armed in a busy loop)");
+    it->second = now;
 }
 
 // A completion: posted (unless IOSQE_CQE_SKIP_SUCCESS hides a success), then the link chain
