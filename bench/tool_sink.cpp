@@ -1,7 +1,8 @@
-// tool_sink.cpp — see tool_sink.hpp. The connection driver follows net/inbound/connection.cpp: a
-// multishot recv from the core's provided buffers, one send at a time from the session's output,
-// received buffers kept (bounded) while the session cannot take them, and completion contexts
-// embedded in the connection. --data-delay-ms is a ring timeout per connection, never a sleep.
+// tool_sink.cpp — see tool_sink.hpp. Each connection runs on a SocketStream (net/socket/), as
+// the relay's own connections do: a multishot recv from the core's provided buffers, one send at
+// a time from the session's output, received buffers kept (bounded) while the session cannot
+// take them. --data-delay-ms is a ring timeout per connection (held on the stream), never a
+// sleep.
 #include "bench/tool_sink.hpp"
 
 #include <pthread.h>
@@ -19,6 +20,7 @@
 #include "core/base/log.hpp"
 #include "core/runtime/reactor.hpp"
 #include "net/inbound/listener.hpp"
+#include "net/socket/socket_stream.hpp"
 
 namespace ringmail::bench {
 namespace {
@@ -35,47 +37,33 @@ class SinkConn {
         : worker_(w), session_(opt, counters, seen) {}
 
     void open(int fd, bool refuse, bool counted);
-    void resume_recv();
+    void resume_recv() { stream_.resume_recv(); }
     [[nodiscard]] bool counted() const { return counted_; }
 
   private:
-    static constexpr uint32_t kPendingMax = 32;
-    static constexpr uint32_t kPendingStop = 4;
-    struct Pending {
-        uint16_t bid;
-        uint32_t off, len;
-    };
-
-    void arm_recv();
     void pump();
     void flush();
     void arm_timer();
     void begin_close();
-    void maybe_release();
-    void drop_pending();
-    static void on_recv(void* self, int res, uint32_t flags);
-    static void on_send(void* self, int res, uint32_t flags);
     static void on_timer(void* self, int res, uint32_t flags);
-    static void on_close(void* self, int res, uint32_t flags);
+
+    // The stream's events (SocketStream).
+    friend struct StreamEvents<SinkConn>;
+    std::string_view stream_output() { return session_.output(); }
+    void stream_output_sent(size_t n) { session_.output_sent(n); }
+    void stream_ready() { pump(); }
+    void stream_ended(StreamEnd) { begin_close(); }  // the peer closed, or broke the connection
+    void stream_released();
+    void stream_starved();
+    void stream_tls_established() {}
 
     SinkWorker& worker_;
     SinkSession session_;
-    int fd_ = -1;
-    bool closing_ = false;
-    bool close_submitted_ = false;
-    bool recv_armed_ = false;
-    bool send_inflight_ = false;
     bool timer_armed_ = false;
-    bool starved_ = false;
     bool counted_ = false;  // holds a --max-sessions place
-    uint32_t inflight_ = 0;
-    uint32_t npending_ = 0;
-    Pending pending_[kPendingMax];
     __kernel_timespec timer_ts_{};
-    IoOp recv_op_{&SinkConn::on_recv, this};
-    IoOp send_op_{&SinkConn::on_send, this};
     IoOp timer_op_{&SinkConn::on_timer, this};
-    IoOp close_op_{&SinkConn::on_close, this};
+    SocketStream stream_{StreamEvents<SinkConn>::table, this};
 };
 
 class SinkWorker {
@@ -144,114 +132,47 @@ class SinkWorker {
 // --- connection --------------------------------------------------------------------------
 
 void SinkConn::open(int fd, bool refuse, bool counted) {
-    RM_ASSERT(fd_ < 0 && inflight_ == 0 && npending_ == 0);
-    fd_ = fd;
-    closing_ = close_submitted_ = recv_armed_ = send_inflight_ = timer_armed_ = starved_ = false;
+    RM_ASSERT(stream_.state() == SocketStream::State::idle && !timer_armed_);
+    stream_.open(worker_.reactor(), fd);
     counted_ = counted;
     session_.start(refuse);
-    if (!refuse) arm_recv();
+    if (!refuse) stream_.start_reading();
     flush();
 }
 
-void SinkConn::arm_recv() {
-    RM_ASSERT(!recv_armed_ && fd_ >= 0);
-    Reactor& r = worker_.reactor();
-    io_uring_sqe* s = r.sqe(recv_op_);
-    io_uring_prep_recv_multishot(s, fd_, nullptr, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = r.buffer_group();
-    recv_armed_ = true;
-    inflight_++;
-}
-
-void SinkConn::resume_recv() {
-    starved_ = false;
-    if (!closing_ && !recv_armed_ && npending_ < kPendingStop && !session_.wants_close())
-        arm_recv();
-}
-
-void SinkConn::on_recv(void* self, int res, uint32_t flags) {
-    auto* c = static_cast<SinkConn*>(self);
-    Reactor& r = c->worker_.reactor();
-    bool more = flags & IORING_CQE_F_MORE;
-    if (!more) {
-        c->recv_armed_ = false;
-        c->inflight_--;
-    }
-    if (res > 0) {
-        auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-        if (c->closing_ || c->session_.wants_close() || c->npending_ == kPendingMax) {
-            r.recycle(bid);
-            if (!c->closing_ && !c->session_.wants_close()) c->begin_close();
-            c->maybe_release();
-            return;
-        }
-        c->pending_[c->npending_++] = Pending{bid, 0, static_cast<uint32_t>(res)};
-        c->pump();
-        return;
-    }
-    if (c->closing_) return c->maybe_release();
-    if (res == -ENOBUFS) {
-        if (!more && !c->starved_) {
-            c->starved_ = true;
-            c->worker_.starved(c);
-        }
-        return;
-    }
-    if (res == -ECANCELED) return c->pump();
-    c->begin_close();  // the peer closed or the connection broke
+void SinkConn::stream_starved() {
+    worker_.starved(this);
 }
 
 void SinkConn::pump() {
-    if (closing_) return;
-    Reactor& r = worker_.reactor();
-    while (npending_ > 0 && !session_.wants_close()) {
-        Pending& p = pending_[0];
-        std::string_view in(r.buffer(p.bid) + p.off, p.len - p.off);
-        size_t n = session_.feed(in, worker_.now());
+    if (!stream_.is_open()) return;
+    while (!session_.wants_close()) {
+        const std::string_view in = stream_.input();
+        if (in.empty()) break;
+        const size_t n = session_.feed(in, worker_.now());
         RM_ASSERT(n <= in.size());
-        p.off += static_cast<uint32_t>(n);
-        if (p.off == p.len) {
-            r.recycle(p.bid);
-            memmove(&pending_[0], &pending_[1], (npending_ - 1) * sizeof(Pending));
-            npending_--;
-            continue;
-        }
+        stream_.consume(n);
         if (n == 0) break;  // output full: continue after the send completes
     }
     if (session_.abort_now()) return begin_close();  // --drop-fraction: no reply at all
-    if (session_.wants_close()) drop_pending();
+    if (session_.wants_close()) stream_.stop_reading();
     flush();
-    if (closing_) return;
-    if (npending_ >= kPendingStop && recv_armed_) {
-        io_uring_sqe* s = r.sqe();
-        io_uring_prep_cancel64(s, recv_op_.user_data(), 0);
-        io_uring_sqe_set_data64(s, kTagIgnore);
-    } else if (npending_ == 0 && !recv_armed_ && !starved_ && !session_.wants_close()) {
-        arm_recv();
-    }
-}
-
-void SinkConn::drop_pending() {
-    Reactor& r = worker_.reactor();
-    for (uint32_t i = 0; i < npending_; i++)
-        r.recycle(pending_[i].bid);
-    npending_ = 0;
 }
 
 void SinkConn::flush() {
-    if (send_inflight_ || closing_) return;
-    session_.release_held(worker_.now());
-    std::string_view out = session_.output();
-    if (!out.empty()) {
-        io_uring_sqe* s = worker_.reactor().sqe(send_op_);
-        io_uring_prep_send(s, fd_, out.data(), out.size(), MSG_NOSIGNAL);
-        send_inflight_ = true;
-        inflight_++;
-        return;
+    if (!stream_.is_open()) return;
+    if (!stream_.sending()) {
+        session_.release_held(worker_.now());
+        if (session_.output().empty()) {
+            if (session_.held_until_ms() != 0) {
+                arm_timer();
+            } else if (session_.wants_close()) {
+                stream_.finish();
+                return;
+            }
+        }
     }
-    if (session_.held_until_ms() != 0) return arm_timer();
-    if (session_.wants_close()) begin_close();
+    stream_.flush();
 }
 
 void SinkConn::arm_timer() {
@@ -262,59 +183,30 @@ void SinkConn::arm_timer() {
     timer_ts_.tv_nsec = static_cast<long long>(wait_ms % 1000) * 1000000;
     io_uring_prep_timeout(worker_.reactor().sqe(timer_op_), &timer_ts_, 0, 0);
     timer_armed_ = true;
-    inflight_++;
+    stream_.hold();  // the timer refers to this connection: not reused before it ends
 }
 
 void SinkConn::on_timer(void* self, int, uint32_t) {
     auto* c = static_cast<SinkConn*>(self);
     c->timer_armed_ = false;
-    c->inflight_--;
-    if (c->closing_) return c->maybe_release();
+    c->stream_.unhold();
+    if (!c->stream_.is_open()) return;
     c->worker_.refresh_now();
     c->pump();  // releases the held replies and takes input the full output had stopped
 }
 
-void SinkConn::on_send(void* self, int res, uint32_t) {
-    auto* c = static_cast<SinkConn*>(self);
-    c->inflight_--;
-    c->send_inflight_ = false;
-    if (c->closing_) return c->maybe_release();
-    if (res <= 0) return c->begin_close();
-    c->session_.output_sent(static_cast<size_t>(res));
-    c->pump();
-}
-
 void SinkConn::begin_close() {
-    if (closing_) return;
-    closing_ = true;
-    drop_pending();
-    Reactor& r = worker_.reactor();
-    if (recv_armed_ || send_inflight_) {
-        io_uring_sqe* s = r.sqe();
-        io_uring_prep_cancel_fd(s, fd_, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(s, kTagIgnore);
-    }
+    if (!stream_.is_open()) return;
     if (timer_armed_) {
-        io_uring_sqe* s = r.sqe();
+        io_uring_sqe* s = worker_.reactor().sqe();
         io_uring_prep_timeout_remove(s, timer_op_.user_data(), 0);
         io_uring_sqe_set_data64(s, kTagIgnore);
     }
-    maybe_release();
+    stream_.close();
 }
 
-void SinkConn::maybe_release() {
-    if (!closing_ || inflight_ > 0 || close_submitted_) return;
-    close_submitted_ = true;
-    inflight_++;
-    io_uring_prep_close(worker_.reactor().sqe(close_op_), fd_);
-}
-
-void SinkConn::on_close(void* self, int, uint32_t) {
-    auto* c = static_cast<SinkConn*>(self);
-    c->inflight_--;
-    RM_ASSERT(c->inflight_ == 0);
-    c->fd_ = -1;
-    c->worker_.released(c);
+void SinkConn::stream_released() {
+    worker_.released(this);
 }
 
 // --- worker ------------------------------------------------------------------------------

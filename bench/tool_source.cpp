@@ -2,15 +2,13 @@
 //
 // One SourceWorker per thread owns a Reactor and its ClientConns. A ClientConn is the SMTP
 // client of one connection: it keeps a queue of the replies it expects (in order, RFC 2920),
-// and each reply moves the transaction on. Completion contexts (connect, recv, send, close) are
-// embedded in the connection; output is built in a buffer that keeps its capacity, with a
-// second buffer for what is produced while a send is in flight (the first must not move).
+// and each reply moves the transaction on. Its socket is a SocketStream (net/socket/), as the
+// relay's own connections: recv from provided buffers, one send at a time, TLS, close; the
+// connect is held on it. Output is built in a buffer that keeps its capacity, with a second
+// buffer for what is produced while a send is in flight (the first must not move).
 //
-// TLS: once a connection has a TlsSession, every byte goes through it. The SMTP side still
-// writes plaintext into out_/queued_; tls_pump() feeds received ciphertext, runs the handshake or
-// reads plaintext into the reply reader, then encrypts the pending plaintext and sends the
-// session's ciphertext. wolfSSL may compact its output buffer when it writes, so no session
-// call is made while a send from that buffer is in flight: the send's completion pumps again.
+// TLS (implicit, or after the 220 to STARTTLS): the stream encrypts out_/queued_ and hands the
+// reply reader plaintext.
 #include "bench/tool_source.hpp"
 
 #include <arpa/inet.h>
@@ -34,6 +32,7 @@
 #include "bench/tool_sink_session.hpp"  // Counter
 #include "core/base/log.hpp"
 #include "core/runtime/reactor.hpp"
+#include "net/socket/socket_stream.hpp"
 #include "tls/auth.hpp"
 #include "tls/tls_session.hpp"
 
@@ -105,15 +104,11 @@ class ClientConn {
         RM_ASSERT(qlen_ < q_.size());
         q_[(qhead_ + qlen_++) & (q_.size() - 1)] = p;
     }
-    std::string& buf() { return send_inflight_ ? queued_ : out_; }
+    std::string& buf() { return stream_.sending() ? queued_ : out_; }
     void kick();
-    void arm_recv();
-    void on_input(std::string_view in);
     void on_bytes(std::string_view in);
     void start_tls();
-    void tls_pump();
-    void tls_flush();
-    void tls_up();
+    void begin_tls();
     void tls_broken();
     void session_ready();
     void on_reply(int code);
@@ -125,29 +120,27 @@ class ClientConn {
     void send_body();
     void send_simple(std::string_view cmd, Phase p);
     void begin_close();
-    void maybe_release();
     static void on_connect(void* self, int res, uint32_t flags);
-    static void on_recv(void* self, int res, uint32_t flags);
-    static void on_send(void* self, int res, uint32_t flags);
-    static void on_close(void* self, int res, uint32_t flags);
+
+    // The stream's events (SocketStream).
+    friend struct StreamEvents<ClientConn>;
+    std::string_view stream_output();
+    void stream_output_sent(size_t n);
+    void stream_ready();
+    void stream_ended(StreamEnd why);
+    void stream_released();
+    void stream_starved();
+    void stream_tls_established();
 
     SourceWorker& w_;
     const SourceConfig& cfg_;
     ThreadStats& st_;
-    int fd_ = -1;
     State state_ = State::done;
-    bool recv_armed_ = false;
-    bool send_inflight_ = false;
-    bool connect_inflight_ = false;
-    bool close_submitted_ = false;
-    bool starved_ = false;
     bool dead_ = false;  // never reconnect (connect error, refused, protocol error)
     bool saw_pipelining_ = false;
     bool saw_starttls_ = false;
     bool pipelining_ = false;
-    bool send_tls_ = false;  // the send in flight is the TLS session's ciphertext
-    bool in_pump_ = false;   // tls_pump() is on the stack: output is flushed when it returns
-    uint32_t inflight_ = 0;
+    bool tls_due_ = false;  // the 220 to STARTTLS was read: TLS starts after this input
     uint32_t msgs_on_conn_ = 0;
     std::vector<Phase> q_;  // replies expected, in order
     size_t qhead_ = 0, qlen_ = 0;
@@ -155,14 +148,10 @@ class ClientConn {
     std::string out_, queued_;
     size_t out_off_ = 0;
     ReplyReader reader_;
-    std::unique_ptr<tls::TlsSession> tls_;  // per connection, not per message
-    std::string cin_;                       // ciphertext received, not yet fed to tls_
     uint64_t handshake_start_ns_ = 0;
     char addr_[320];
     IoOp connect_op_{&ClientConn::on_connect, this};
-    IoOp recv_op_{&ClientConn::on_recv, this};
-    IoOp send_op_{&ClientConn::on_send, this};
-    IoOp close_op_{&ClientConn::on_close, this};
+    SocketStream stream_{StreamEvents<ClientConn>::table, this};
 };
 
 class SourceWorker {
@@ -218,7 +207,6 @@ class SourceWorker {
     socklen_t target_len = 0;
     const tls::TlsContext* tls_ctx = nullptr;  // set when cfg.tls != none
     std::string auth_line;                     // "AUTH PLAIN <base64>\r\n" when cfg.auth_user set
-    char plain[tls::tls_input_buffer_bytes];   // plaintext read from a TlsSession (one at a time)
 
   private:
     void dispatch();
@@ -264,22 +252,18 @@ ClientConn::ClientConn(SourceWorker& w, uint32_t recipients)
 
 void ClientConn::connect() {
     const sockaddr_storage& t = w_.target;
-    fd_ = socket(t.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0 || !w_.bind_source(fd_)) {
-        if (fd_ >= 0) close(fd_);
-        fd_ = -1;
+    const int fd = socket(t.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || !w_.bind_source(fd)) {
+        if (fd >= 0) close(fd);
         st_.connect_errors++;
         state_ = State::done;
         w_.conn_done();
         return;
     }
     int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     state_ = State::connecting;
-    recv_armed_ = send_inflight_ = close_submitted_ = starved_ = false;
-    saw_pipelining_ = saw_starttls_ = pipelining_ = send_tls_ = in_pump_ = false;
-    tls_.reset();
-    cin_.clear();
+    saw_pipelining_ = saw_starttls_ = pipelining_ = tls_due_ = false;
     msgs_on_conn_ = 0;
     qhead_ = qlen_ = 0;
     cur_ = next_ = Txn{};
@@ -287,74 +271,74 @@ void ClientConn::connect() {
     queued_.clear();
     out_off_ = 0;
     reader_.reset();
-    io_uring_prep_connect(w_.reactor().sqe(connect_op_), fd_,
+    stream_.open(w_.reactor(), fd);
+    stream_.hold();  // the connect: a close waits for it
+    io_uring_prep_connect(w_.reactor().sqe(connect_op_), fd,
                           reinterpret_cast<const sockaddr*>(&w_.target), w_.target_len);
-    connect_inflight_ = true;
-    inflight_++;
 }
 
 void ClientConn::on_connect(void* self, int res, uint32_t) {
     auto* c = static_cast<ClientConn*>(self);
-    c->inflight_--;
-    c->connect_inflight_ = false;
-    if (c->state_ == State::closing) return c->maybe_release();
+    c->stream_.unhold();
+    if (c->state_ == State::closing) return;
     if (res < 0) {
         c->st_.connect_errors++;
         c->dead_ = true;
         return c->begin_close();
     }
-    c->arm_recv();
-    if (c->cfg_.tls == SourceTls::implicit) return c->start_tls();
+    c->stream_.start_reading();
+    if (c->cfg_.tls == SourceTls::implicit) {
+        c->start_tls();
+        return c->begin_tls();
+    }
     c->state_ = State::greeting;
     c->expect(Phase::greeting);
 }
 
-void ClientConn::arm_recv() {
-    Reactor& r = w_.reactor();
-    io_uring_sqe* s = r.sqe(recv_op_);
-    io_uring_prep_recv_multishot(s, fd_, nullptr, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = r.buffer_group();
-    recv_armed_ = true;
-    inflight_++;
-}
-
 void ClientConn::resume_recv() {
-    starved_ = false;
-    if (state_ != State::closing && state_ != State::done && !recv_armed_) arm_recv();
+    stream_.resume_recv();
 }
 
-void ClientConn::on_recv(void* self, int res, uint32_t flags) {
-    auto* c = static_cast<ClientConn*>(self);
-    Reactor& r = c->w_.reactor();
-    bool more = flags & IORING_CQE_F_MORE;
-    if (!more) {
-        c->recv_armed_ = false;
-        c->inflight_--;
-    }
-    if (res > 0) {
-        auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-        if (c->state_ != State::closing) c->on_input({r.buffer(bid), static_cast<size_t>(res)});
-        r.recycle(bid);
-        if (c->state_ == State::closing) return c->maybe_release();
-        if (!more && !c->recv_armed_) c->arm_recv();
-        return;
-    }
-    if (c->state_ == State::closing) return c->maybe_release();
-    if (res == -ENOBUFS) {
-        if (!more && !c->starved_) {
-            c->starved_ = true;
-            c->w_.starved(c);
-        }
-        return;
-    }
-    c->begin_close();  // 0: the server closed; < 0: the connection broke
+void ClientConn::stream_starved() {
+    w_.starved(this);
 }
 
-void ClientConn::on_input(std::string_view in) {
-    if (!tls_) return on_bytes(in);
-    cin_.append(in);
-    tls_pump();
+// Replies arrived, a send completed or the handshake moved on. The reader takes all it is
+// given; TLS begins between two inputs (the stream drops what came in clear after the 220).
+void ClientConn::stream_ready() {
+    if (state_ == State::closing || state_ == State::done) return;
+    for (;;) {
+        const std::string_view in = stream_.input();
+        if (in.empty()) break;
+        on_bytes(in);
+        if (!stream_.is_open()) return;
+        stream_.consume(in.size());
+        if (tls_due_) begin_tls();
+    }
+    kick();
+}
+
+void ClientConn::stream_ended(StreamEnd why) {
+    if (why == StreamEnd::tls_failed) return tls_broken();
+    begin_close();  // the server closed (or closed TLS), or the connection broke
+}
+
+std::string_view ClientConn::stream_output() {
+    if (out_off_ == out_.size() && !queued_.empty()) {
+        out_.clear();
+        out_off_ = 0;
+        std::swap(out_, queued_);
+    }
+    return std::string_view(out_).substr(out_off_);
+}
+
+void ClientConn::stream_output_sent(size_t n) {
+    out_off_ += n;
+    if (out_off_ == out_.size()) {
+        out_.clear();
+        out_off_ = 0;
+        std::swap(out_, queued_);
+    }
 }
 
 void ClientConn::on_bytes(std::string_view in) {
@@ -400,7 +384,7 @@ void ClientConn::on_reply(int code) {
             return send_simple("EHLO client.ringmail-bench.test\r\n", Phase::ehlo);
         case Phase::ehlo:
             if (!ok) return quit();
-            if (cfg_.tls == SourceTls::starttls && !tls_) {
+            if (cfg_.tls == SourceTls::starttls && stream_.tls() == nullptr) {
                 if (!saw_starttls_) {
                     st_.tls_failures++;
                     dead_ = true;
@@ -463,17 +447,22 @@ void ClientConn::session_ready() {
 
 // --- TLS ---------------------------------------------------------------------------------
 
+// TLS is due; it begins once the input that said so was consumed (begin_tls).
 void ClientConn::start_tls() {
     state_ = State::handshake;
-    tls_.reset(new (std::nothrow) tls::TlsSession(*w_.tls_ctx));
-    if (!tls_ || !tls_->ok()) return tls_broken();
-    handshake_start_ns_ = now_ns();
-    tls_pump();
+    tls_due_ = true;
 }
 
-void ClientConn::tls_up() {
+void ClientConn::begin_tls() {
+    tls_due_ = false;
+    if (!stream_.start_tls(*w_.tls_ctx)) return tls_broken();
+    handshake_start_ns_ = now_ns();
+    stream_.flush();  // the ClientHello
+}
+
+void ClientConn::stream_tls_established() {
     st_.handshakes++;
-    if (tls_->resumed()) st_.resumed++;
+    if (stream_.tls()->resumed()) st_.resumed++;
     st_.handshake_us.record((now_ns() - handshake_start_ns_) / 1000);
     reader_.reset();
     saw_pipelining_ = saw_starttls_ = false;
@@ -492,68 +481,6 @@ void ClientConn::tls_broken() {
     st_.tls_failures++;
     dead_ = true;
     begin_close();
-}
-
-// Feeds ciphertext, runs the handshake or reads plaintext into the reply reader until the
-// session needs bytes we do not have, then flushes. Replies handled here may write (kick()):
-// that output goes out when the loop is done.
-void ClientConn::tls_pump() {
-    if (in_pump_ || send_inflight_ || state_ == State::closing || state_ == State::done) return;
-    in_pump_ = true;
-    bool broken = false, closed = false;
-    while (state_ != State::closing) {
-        if (!cin_.empty() && tls_->input_room() > 0) cin_.erase(0, tls_->feed_ciphertext(cin_));
-        if (!tls_->handshake_done()) {
-            const tls::TlsStatus hs = tls_->handshake();
-            if (hs == tls::TlsStatus::done) {
-                tls_up();
-                continue;
-            }
-            if (hs != tls::TlsStatus::want_more) {
-                broken = true;
-                break;
-            }
-        } else {
-            const tls::TlsIo io = tls_->read_plaintext(w_.plain, sizeof w_.plain);
-            if (io.status == tls::TlsStatus::done) {
-                on_bytes({w_.plain, io.bytes});
-                continue;
-            }
-            if (io.status != tls::TlsStatus::want_more) {
-                closed = io.status == tls::TlsStatus::closed;
-                broken = !closed;
-                break;
-            }
-        }
-        if (cin_.empty() || tls_->input_room() == 0) break;
-    }
-    in_pump_ = false;
-    if (state_ == State::closing || state_ == State::done) return;
-    if (broken) return tls_broken();
-    if (closed) return begin_close();
-    tls_flush();
-}
-
-// Encrypts the pending plaintext (after the handshake) and sends the session's ciphertext.
-void ClientConn::tls_flush() {
-    if (send_inflight_) return;
-    while (tls_->handshake_done()) {
-        if (out_off_ == out_.size()) {
-            out_.clear();
-            out_off_ = 0;
-            if (queued_.empty()) break;
-            std::swap(out_, queued_);
-        }
-        const tls::TlsIo w = tls_->write_plaintext(std::string_view(out_).substr(out_off_));
-        if (w.status == tls::TlsStatus::want_more) break;  // full: after this send
-        if (w.status != tls::TlsStatus::done) return tls_broken();
-        out_off_ += w.bytes;
-    }
-    const std::string_view c = tls_->ciphertext_output();
-    if (c.empty()) return;
-    io_uring_prep_send(w_.reactor().sqe(send_op_), fd_, c.data(), c.size(), MSG_NOSIGNAL);
-    send_inflight_ = send_tls_ = true;
-    inflight_++;
 }
 
 void ClientConn::finish_txn(bool accepted, bool at_eom) {
@@ -667,32 +594,8 @@ void ClientConn::quit() {
 }
 
 void ClientConn::kick() {
-    if (tls_) return tls_pump();
-    if (send_inflight_ || state_ == State::closing || out_off_ == out_.size()) return;
-    io_uring_prep_send(w_.reactor().sqe(send_op_), fd_, out_.data() + out_off_,
-                       out_.size() - out_off_, MSG_NOSIGNAL);
-    send_inflight_ = true;
-    inflight_++;
-}
-
-void ClientConn::on_send(void* self, int res, uint32_t) {
-    auto* c = static_cast<ClientConn*>(self);
-    c->inflight_--;
-    c->send_inflight_ = false;
-    if (c->state_ == State::closing) return c->maybe_release();
-    if (res <= 0) return c->begin_close();
-    if (c->send_tls_) {
-        c->send_tls_ = false;
-        c->tls_->ciphertext_sent(static_cast<size_t>(res));
-        return c->tls_pump();
-    }
-    c->out_off_ += static_cast<size_t>(res);
-    if (c->out_off_ == c->out_.size()) {
-        c->out_.clear();
-        c->out_off_ = 0;
-        std::swap(c->out_, c->queued_);
-    }
-    c->kick();
+    if (state_ == State::closing || state_ == State::done) return;
+    stream_.flush();
 }
 
 void ClientConn::begin_close() {
@@ -702,29 +605,13 @@ void ClientConn::begin_close() {
     cur_ = next_ = Txn{};
     w_.remove_idle(this);
     state_ = State::closing;
-    if (recv_armed_ || send_inflight_ || connect_inflight_) {
-        io_uring_sqe* s = w_.reactor().sqe();
-        io_uring_prep_cancel_fd(s, fd_, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(s, kTagIgnore);
-    }
-    maybe_release();
+    stream_.close();
 }
 
-void ClientConn::maybe_release() {
-    if (state_ != State::closing || inflight_ > 0 || close_submitted_) return;
-    close_submitted_ = true;
-    inflight_++;
-    io_uring_prep_close(w_.reactor().sqe(close_op_), fd_);
-}
-
-void ClientConn::on_close(void* self, int, uint32_t) {
-    auto* c = static_cast<ClientConn*>(self);
-    c->inflight_--;
-    RM_ASSERT(c->inflight_ == 0);
-    c->fd_ = -1;
-    c->state_ = State::done;
-    if (c->dead_ || c->w_.exhausted()) return c->w_.conn_done();
-    c->connect();  // --messages-per-connection reached, or the server hung up: go on
+void ClientConn::stream_released() {
+    state_ = State::done;
+    if (dead_ || w_.exhausted()) return w_.conn_done();
+    connect();  // --messages-per-connection reached, or the server hung up: go on
 }
 
 // --- worker ------------------------------------------------------------------------------

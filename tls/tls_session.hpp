@@ -2,8 +2,8 @@
 //
 // A TlsContext is built once per process and role at start (server: --tls-cert/--tls-key;
 // client: opportunistic, optionally verifying). A TlsSession is one connection's TLS state. The
-// driver (net/inbound/connection.cpp, later the outbound client) owns the socket: it feeds received
-// ciphertext with feed_ciphertext(), sends what ciphertext_output() shows and reports it with
+// socket driver (net/socket/socket_stream.cpp) owns the socket: it feeds received ciphertext
+// with feed_ciphertext(), sends what ciphertext_output() shows and reports it with
 // ciphertext_sent(). wolfSSL sees only two memory buffers through custom I/O callbacks that
 // answer WANT_READ/WANT_WRITE instead of blocking, so one thread can run any number of
 // handshakes interleaved.

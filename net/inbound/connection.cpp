@@ -33,19 +33,17 @@ Connection::Connection(Engine& engine, uint32_t slot)
     : engine_(engine), session_(engine.shared().settings, *this), slot_(slot) {}
 
 void Connection::open(int fd, const smtp::IpAddress& ip, uint32_t generation, ListenerKind kind) {
-    RM_ASSERT(state_ == State::free && inflight_ == 0 && npending_ == 0 && tls_ == nullptr);
-    RM_ASSERT(!auth_admitting_ && !auth_reserved_);  // on_close ended the last client's AUTH
-    fd_ = fd;
+    RM_ASSERT(state_ == State::free && stream_.state() == SocketStream::State::idle);
+    RM_ASSERT(!auth_admitting_ && !auth_reserved_);  // the last release ended its AUTH
+    stream_.open(engine_.reactor(), fd);
     kind_ = kind;
-    clear_out_ = 0;
     auth_in_flight_ = false;
     auth_hold_until_ms_ = 0;
     ip_ = ip;
     generation_ = generation;
     state_ = State::awaiting_permit;
-    recv_armed_ = send_inflight_ = close_submitted_ = holds_permit_ = false;
+    holds_permit_ = false;
     in_message_ = committing_ = shutdown_requested_ = false;
-    // starved_ stays: set, the slot is still in the engine's list of starved receives.
     format_ip(ip, addr_text_, sizeof addr_text_);
     client_.addr_text = addr_text_;
     client_.addr = ip;
@@ -75,12 +73,13 @@ void Connection::permit(bool granted) {
     }
     if (kind_ == ListenerKind::smtps) {  // RFC 8314 §3.3: the handshake comes first
         state_ = State::active;
-        if (!start_tls()) {
+        if (!stream_.start_tls(*engine_.shared().tls_server)) {
+            LOG_WARN("cannot start TLS for %s: out of memory", addr_text_);
             begin_close();
             return;
         }
         set_deadline();
-        arm_recv();
+        stream_.start_reading();
         return;
     }
     // Clients outside the relay networks wait for the greeting; one that talks first is a
@@ -91,7 +90,7 @@ void Connection::permit(bool granted) {
     if (delay) {
         state_ = State::greeting_delay;
         deadline_ms_ = engine_.now_ms() + delay;
-        arm_recv();
+        stream_.start_reading();
         return;
     }
     start_session();
@@ -101,7 +100,7 @@ void Connection::start_session() {
     state_ = State::active;
     session_.start(client_);
     set_deadline();
-    if (!recv_armed_) arm_recv();
+    if (!stream_.reading()) stream_.start_reading();
     flush_output();
 }
 
@@ -125,7 +124,7 @@ void Connection::tick(uint64_t now_ms) {
         case State::active:
             if (committing_) return;  // the disk, not the client, is slow: wait for it
             // No reply can reach a client mid-handshake (we cannot encrypt it yet).
-            if (session_.wants_close() || tls_handshaking()) {
+            if (session_.wants_close() || stream_.tls_handshaking()) {
                 // Our last reply cannot be delivered (the peer stopped reading): give up on it.
                 begin_close();
                 return;
@@ -151,7 +150,7 @@ void Connection::shutdown() {
                 return;
             }
             if (session_.wants_close()) return;
-            if (tls_handshaking()) {
+            if (stream_.tls_handshaking()) {
                 begin_close();
                 return;
             }
@@ -166,80 +165,29 @@ void Connection::shutdown() {
 
 // --- reading -----------------------------------------------------------------------------
 
-void Connection::arm_recv() {
-    RM_ASSERT(!recv_armed_ && fd_ >= 0);
-    Reactor& r = engine_.reactor();
-    io_uring_sqe* s = r.sqe(recv_op_);
-    io_uring_prep_recv_multishot(s, fd_, nullptr, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = r.buffer_group();
-    recv_armed_ = true;
-    inflight_++;
-}
-
 void Connection::resume_recv() {
-    starved_ = false;
-    if ((state_ == State::active || state_ == State::greeting_delay) && !recv_armed_ &&
-        npending_ < kPendingStop && !session_.wants_close())
-        arm_recv();
+    stream_.resume_recv();
 }
 
-void Connection::on_recv(void* self, int res, uint32_t flags) {
-    auto* c = static_cast<Connection*>(self);
-    Reactor& r = c->engine_.reactor();
-    bool more = flags & IORING_CQE_F_MORE;
-    if (!more) {
-        c->recv_armed_ = false;
-        c->inflight_--;
-    }
-    if (res > 0) {
-        RM_ASSERT(flags & IORING_CQE_F_BUFFER);
-        auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-        if (c->state_ == State::closing || c->session_.wants_close()) {
-            r.recycle(bid);
-            c->maybe_release();
-            return;
-        }
-        if (c->state_ == State::greeting_delay) {
-            r.recycle(bid);
-            c->state_ = State::active;
-            c->session_.pregreet_violation();
-            c->flush_output();
-            return;
-        }
-        if (c->npending_ == kPendingMax) {  // a client that never waits for our replies
-            r.recycle(bid);
-            c->session_.peer_closed();
-            c->begin_close();
-            return;
-        }
-        c->pending_[c->npending_++] = Pending{bid, 0, static_cast<uint32_t>(res)};
-        c->pump();
+void Connection::stream_starved() {
+    engine_.recv_starved(this, stream_.starved_listed());
+}
+
+// Input arrived, a send completed, or the handshake moved on.
+void Connection::stream_ready() {
+    if (state_ == State::greeting_delay) {
+        if (stream_.backlog() == 0) return;
+        stream_.discard_input();
+        state_ = State::active;
+        session_.pregreet_violation();
+        flush_output();
         return;
     }
-    if (c->state_ == State::closing) {
-        c->maybe_release();
-        return;
-    }
-    if (res == -ENOBUFS) {  // every receive buffer of this core is in use: retry once one is back
-        if (!more) {
-            c->engine_.recv_starved(c, c->starved_);
-            c->starved_ = true;
-        }
-        return;
-    }
-    if (res == -ECANCELED) {  // we paused reading while a backlog drains (pump re-arms)
-        c->pump();
-        return;
-    }
-    // 0: the peer closed its side; < 0: the connection broke.
-    c->session_.peer_closed();
-    c->begin_close();
+    pump();
 }
 
 void Connection::pump() {
     if (state_ != State::active) return;
-    Reactor& r = engine_.reactor();
     feed_session();
     if (state_ != State::active) return;
     if (session_.wants_auth_check() && !auth_admitting_) {
@@ -248,23 +196,15 @@ void Connection::pump() {
         if (!auth_in_flight_ && !auth_admitting_) feed_session();
         if (state_ != State::active) return;
     }
-    if (session_.wants_close()) drop_pending();
+    // The stream pauses reading while the session is not keeping up (a commit or output
+    // pending), so one client cannot hold many receive buffers.
+    if (session_.wants_close()) stream_.stop_reading();
     set_deadline();
     flush_output();
-    if (state_ != State::active) return;
-    if (npending_ >= kPendingStop && recv_armed_) {
-        // The session is not keeping up (commit or output pending): stop reading until the
-        // backlog drains, so one client cannot hold many receive buffers.
-        io_uring_sqe* s = r.sqe();
-        io_uring_prep_cancel64(s, recv_op_.user_data(), 0);
-        io_uring_sqe_set_data64(s, kTagIgnore);
-    } else if (npending_ == 0 && !recv_armed_ && !starved_ && !session_.wants_close()) {
-        arm_recv();
-    }
 }
 
 void Connection::feed_session() {
-    if (tls_) {
+    if (stream_.tls()) {
         feed_tls();
         return;
     }
@@ -273,104 +213,44 @@ void Connection::feed_session() {
 }
 
 void Connection::feed_plain() {
-    Reactor& r = engine_.reactor();
-    while (npending_ > 0 && !session_.waiting_commit() && !session_.wants_close() &&
-           !session_.wants_starttls()) {
-        Pending& p = pending_[0];
-        std::string_view in(r.buffer(p.bid) + p.off, p.len - p.off);
-        size_t n = session_.feed(in);
+    while (!session_.waiting_commit() && !session_.wants_close() && !session_.wants_starttls()) {
+        const std::string_view in = stream_.input();
+        if (in.empty()) break;
+        const size_t n = session_.feed(in);
         RM_ASSERT(n <= in.size());
-        p.off += static_cast<uint32_t>(n);
-        if (p.off == p.len) {
-            pop_pending();
-            continue;
-        }
+        stream_.consume(n);
         if (n == 0) break;  // output full: continue after the send completes
     }
 }
 
-void Connection::pop_pending() {
-    RM_ASSERT(npending_ > 0);
-    engine_.reactor().recycle(pending_[0].bid);
-    memmove(&pending_[0], &pending_[1], (npending_ - 1) * sizeof(Pending));
-    npending_--;
-}
-
 // --- TLS ---------------------------------------------------------------------------------
 
-bool Connection::start_tls() {
-    const tls::TlsContext* ctx = engine_.shared().tls_server;
-    RM_ASSERT(ctx != nullptr && tls_ == nullptr);
-    tls_.reset(new (std::nothrow) TlsLink(*ctx));
-    if (tls_ != nullptr && tls_->session.ok()) return true;
-    LOG_WARN("cannot start TLS for %s: out of memory", addr_text_);
-    tls_.reset();
-    return false;
-}
-
 // RFC 3207 §4.2: whatever we received so far came before our 220, in clear, after STARTTLS;
-// it is dropped, never run inside the TLS session (CVE-2011-0411). The 220 itself (and any
-// earlier reply still queued) goes out in clear, then the handshake's records.
+// the stream drops it, never runs it inside the TLS session (CVE-2011-0411). The 220 itself
+// (and any earlier reply still queued) goes out in clear, then the handshake's records.
 void Connection::begin_starttls() {
-    drop_pending();
-    clear_out_ = static_cast<uint32_t>(session_.output().size());
-    if (!start_tls()) {
+    const tls::TlsContext* ctx = engine_.shared().tls_server;
+    RM_ASSERT(ctx != nullptr);
+    if (!stream_.start_tls(*ctx, {}, nullptr, session_.output().size())) {
+        LOG_WARN("cannot start TLS for %s: out of memory", addr_text_);
         session_.peer_closed();
         begin_close();
     }
 }
 
-// Runs the handshake, then moves plaintext into the session, until the session waits or the
-// TLS session needs ciphertext we do not have.
+// Moves plaintext into the session until it waits or the stream has none.
 void Connection::feed_tls() {
-    // wolfSSL may compact its output buffer: never while a send from it is in flight.
-    if (send_inflight_) return;
-    TlsLink& t = *tls_;
     while (state_ == State::active && !session_.wants_close()) {
-        if (t.plain_off < t.plain_len) {
-            const size_t n = session_.feed({t.plain + t.plain_off, t.plain_len - t.plain_off});
-            t.plain_off += static_cast<uint32_t>(n);
-            if (t.plain_off == t.plain_len) t.plain_off = t.plain_len = 0;
-            if (n == 0) return;  // commit, AUTH check or output room pending
-            continue;
-        }
-        if (!t.session.handshake_done()) {
-            const tls::TlsStatus st = t.session.handshake();
-            if (st == tls::TlsStatus::done) {
-                tls_established();
-                continue;
-            }
-            if (st != tls::TlsStatus::want_more) return tls_ended(st);
-        } else {
-            const tls::TlsIo io = t.session.read_plaintext(t.plain, sizeof t.plain);
-            if (io.status == tls::TlsStatus::done) {
-                t.plain_len = static_cast<uint32_t>(io.bytes);
-                continue;
-            }
-            if (io.status != tls::TlsStatus::want_more) return tls_ended(io.status);
-        }
-        if (!feed_ciphertext()) return;
+        const std::string_view in = stream_.input();
+        if (in.empty()) return;
+        const size_t n = session_.feed(in);
+        stream_.consume(n);
+        if (n == 0) return;  // commit, AUTH check or output room pending
     }
 }
 
-// Moves received ciphertext into the TlsSession; false when there was none to move (or no
-// room for it).
-bool Connection::feed_ciphertext() {
-    Reactor& r = engine_.reactor();
-    bool moved = false;
-    while (npending_ > 0 && tls_->session.input_room() > 0) {
-        Pending& p = pending_[0];
-        const size_t n = tls_->session.feed_ciphertext({r.buffer(p.bid) + p.off, p.len - p.off});
-        p.off += static_cast<uint32_t>(n);
-        moved = moved || n > 0;
-        if (p.off < p.len) break;
-        pop_pending();
-    }
-    return moved;
-}
-
-void Connection::tls_established() {
-    const tls::TlsSession& s = tls_->session;
+void Connection::stream_tls_established() {
+    const tls::TlsSession& s = *stream_.tls();
     LOG_DEBUG("TLS with %s: %.*s %.*s%s", addr_text_, static_cast<int>(s.version().size()),
               s.version().data(), static_cast<int>(s.cipher().size()), s.cipher().data(),
               s.resumed() ? " (resumed)" : "");
@@ -378,21 +258,20 @@ void Connection::tls_established() {
     session_.tls_started(s.version(), s.cipher());
 }
 
-// The peer closed the TLS session (close_notify) or broke it: the connection ends, after
-// the alert wolfSSL may have queued (a TLS 1.1 client learns "protocol version" from it).
-void Connection::tls_ended(tls::TlsStatus status) {
-    if (status == tls::TlsStatus::failed)
-        LOG_DEBUG("TLS with %s failed: %.*s (%d)", addr_text_,
-                  static_cast<int>(tls_->session.error().size()), tls_->session.error().data(),
-                  tls_->session.error_code());
-    tls_->broken = true;
-    drop_pending();
+// The peer closed its side, the connection broke, or the peer closed or broke the TLS
+// session: the connection ends, after the alert wolfSSL may have queued (a TLS 1.1 client
+// learns "protocol version" from it).
+void Connection::stream_ended(StreamEnd why) {
     session_.peer_closed();
-    if (status == tls::TlsStatus::closed || tls_->session.ciphertext_output().empty()) {
+    if (why != StreamEnd::tls_failed) {
         begin_close();
         return;
     }
-    flush_output();
+    const tls::TlsSession& t = *stream_.tls();
+    LOG_DEBUG("TLS with %s failed: %.*s (%d)", addr_text_, static_cast<int>(t.error().size()),
+              t.error().data(), t.error_code());
+    stream_.finish();
+    if (!stream_.is_open()) state_ = State::closing;
 }
 
 // --- AUTH --------------------------------------------------------------------------------
@@ -470,140 +349,38 @@ void Connection::auth_checked(bool ok) {
     auth_hold_until_ms_ = engine_.now_ms() + p.delay_ms;
 }
 
-void Connection::drop_pending() {
-    Reactor& r = engine_.reactor();
-    for (uint32_t i = 0; i < npending_; i++)
-        r.recycle(pending_[i].bid);
-    npending_ = 0;
-}
+// --- writing and closing -----------------------------------------------------------------
 
-// --- writing -----------------------------------------------------------------------------
-
+// A closing session's last reply goes out (with close_notify after it under TLS), then the
+// stream closes.
 void Connection::flush_output() {
-    if (send_inflight_ || state_ == State::closing) return;
-    if (clear_out_ > 0) {
-        submit_send(session_.output().substr(0, clear_out_));
+    if (state_ != State::active) return;
+    if (!session_.wants_close()) {
+        stream_.flush();
         return;
     }
-    if (tls_) {
-        flush_tls();
-        return;
-    }
-    std::string_view out = session_.output();
-    if (out.empty()) {
-        if (session_.wants_close()) begin_close();
-        return;
-    }
-    submit_send(out);
+    stream_.finish();
+    if (!stream_.is_open()) state_ = State::closing;
 }
-
-// Encrypts the session's replies into the TlsSession (after the handshake), then sends what
-// it holds. A closing session gets a close_notify after its last reply (RFC 8446 §6.1).
-void Connection::flush_tls() {
-    TlsLink& t = *tls_;
-    if (t.broken) {  // only a queued alert may still go out
-        if (t.session.ciphertext_output().empty()) {
-            begin_close();
-            return;
-        }
-        submit_send(t.session.ciphertext_output());
-        return;
-    }
-    const bool handshake_done = t.session.handshake_done();
-    while (handshake_done && !session_.output().empty()) {
-        const tls::TlsIo w = t.session.write_plaintext(session_.output());
-        if (w.status == tls::TlsStatus::want_more) break;  // full: after this send
-        if (w.status != tls::TlsStatus::done) return tls_ended(w.status);
-        session_.output_sent(w.bytes);
-    }
-    const bool last_reply_out = session_.wants_close() && session_.output().empty();
-    if (handshake_done && last_reply_out && !t.close_notify_queued) {
-        t.close_notify_queued = true;
-        (void)t.session.close_notify();  // best effort: the close follows either way
-    }
-    const std::string_view c = t.session.ciphertext_output();
-    if (!c.empty()) {
-        submit_send(c);
-        return;
-    }
-    if (session_.wants_close() && (last_reply_out || !handshake_done)) begin_close();
-}
-
-void Connection::submit_send(std::string_view bytes) {
-    RM_ASSERT(!send_inflight_ && !bytes.empty());
-    io_uring_sqe* s = engine_.reactor().sqe(send_op_);
-    io_uring_prep_send(s, fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-    send_inflight_ = true;
-    inflight_++;
-}
-
-void Connection::on_send(void* self, int res, uint32_t) {
-    auto* c = static_cast<Connection*>(self);
-    c->inflight_--;
-    c->send_inflight_ = false;
-    if (c->state_ == State::closing) {
-        c->maybe_release();
-        return;
-    }
-    if (res <= 0) {
-        c->session_.peer_closed();
-        c->begin_close();
-        return;
-    }
-    const auto n = static_cast<size_t>(res);
-    if (c->clear_out_ > 0) {
-        RM_ASSERT(n <= c->clear_out_);
-        c->clear_out_ -= static_cast<uint32_t>(n);
-        c->session_.output_sent(n);
-    } else if (c->tls_) {
-        c->tls_->session.ciphertext_sent(n);
-    } else {
-        c->session_.output_sent(n);
-    }
-    c->pump();
-    if (c->state_ != State::active) return;
-    c->flush_output();
-}
-
-// --- closing -----------------------------------------------------------------------------
 
 void Connection::begin_close() {
     if (state_ == State::closing || state_ == State::free) return;
     state_ = State::closing;
-    drop_pending();
-    if (recv_armed_ || send_inflight_) {
-        io_uring_sqe* s = engine_.reactor().sqe();
-        io_uring_prep_cancel_fd(s, fd_, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(s, kTagIgnore);
-    }
-    maybe_release();
+    stream_.close();
 }
 
-void Connection::maybe_release() {
-    if (state_ != State::closing || inflight_ > 0 || committing_ || close_submitted_) return;
+void Connection::stream_released() {
     if (in_message_) message_abort();
-    close_submitted_ = true;
-    inflight_++;
-    io_uring_sqe* s = engine_.reactor().sqe(close_op_);
-    io_uring_prep_close(s, fd_);
-}
-
-void Connection::on_close(void* self, int, uint32_t) {
-    auto* c = static_cast<Connection*>(self);
-    c->inflight_--;
-    RM_ASSERT(c->inflight_ == 0);
-    c->fd_ = -1;
-    c->state_ = State::free;
-    c->tls_.reset();  // its ~35 KiB go back as soon as the connection does
-    c->auth_in_flight_ = false;
-    c->auth_hold_until_ms_ = 0;
-    c->auth_admitting_ = false;  // a late answer finds the connection gone (Engine)
-    if (c->auth_reserved_) c->auth_settle(tls::AuthEnd::abandoned);  // no answer reached it
-    if (c->holds_permit_) {
-        c->holds_permit_ = false;
-        c->engine_.release_permit(c->ip_);
+    state_ = State::free;
+    auth_in_flight_ = false;
+    auth_hold_until_ms_ = 0;
+    auth_admitting_ = false;  // a late answer finds it gone (Engine)
+    if (auth_reserved_) auth_settle(tls::AuthEnd::abandoned);  // no answer reached it
+    if (holds_permit_) {
+        holds_permit_ = false;
+        engine_.release_permit(ip_);
     }
-    c->engine_.connection_released(c);
+    engine_.connection_released(this);
 }
 
 // --- the message: staged here, committed by the core's Committer ------------------------
@@ -637,6 +414,7 @@ void Connection::message_end() {
     in_message_ = false;
     committing_ = true;
     eod_us_ = sys::precise_us();
+    stream_.hold();  // the committer refers to this connection until commit_finished
     engine_.committer().submit(this);
 }
 
@@ -670,10 +448,8 @@ void Connection::commit_finished(smtp::CommitResult r) {
     // The session learns the outcome even when the peer has gone: it waits in commit_wait
     // until then, and the slot's next open() resets it.
     session_.commit_done(r);
-    if (state_ == State::closing) {
-        maybe_release();
-        return;
-    }
+    stream_.unhold();
+    if (state_ != State::active || !stream_.is_open()) return;
     if (shutdown_requested_) session_.shutdown();
     pump();
 }

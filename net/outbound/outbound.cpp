@@ -81,13 +81,12 @@ std::string OutboundConnection::remote() const {
 }
 
 void OutboundConnection::open(Delivery::Destination* dest) {
-    RM_ASSERT(state_ == State::free && inflight_ == 0);
+    RM_ASSERT(state_ == State::free && stream_.state() == SocketStream::State::idle);
     dest_ = dest;
     started_ = retry_next_ = was_ready_ = idle_ = stopping_ = has_job_ = reading_ = false;
     sent_ = 0;
     error_.clear();
     fail_status_ = "4.4.1";
-    pending_in_.clear();
     clear_retry_ = false;
     const OutboundTls policy = delivery_.tls_policy();
     want_tls_ = policy == OutboundTls::encrypt ||
@@ -134,14 +133,9 @@ void OutboundConnection::connect() {
         peer_len_ = sizeof *a;
     }
     state_ = State::connecting;
-    close_submitted_ = recv_armed_ = send_inflight_ = false;
-    pending_in_.clear();
-    tls_.reset();
-    tls_in_.clear();
     tls_desc_.clear();
-    plain_off_ = plain_len_ = 0;
-    fd_ = socket(peer_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) {
+    const int fd = socket(peer_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
         error_ = std::string("socket: ") + strerror(errno);
         retry_next_ = false;  // a local problem: no other host would fare better
         state_ = State::closing;
@@ -149,16 +143,17 @@ void OutboundConnection::connect() {
         return;
     }
     int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    stream_.open(delivery_.engine().reactor(), fd);
+    stream_.hold();  // the connect: a close waits for it
     io_uring_sqe* s = delivery_.engine().reactor().sqe(connect_op_);
-    io_uring_prep_connect(s, fd_, reinterpret_cast<sockaddr*>(&peer_), peer_len_);
-    inflight_++;
+    io_uring_prep_connect(s, fd, reinterpret_cast<sockaddr*>(&peer_), peer_len_);
     deadline_ms_ = now_ms() + delivery_.engine().config().timeout_connect_ms;
 }
 
 void OutboundConnection::on_connect(void* self, int res, uint32_t) {
     auto* c = static_cast<OutboundConnection*>(self);
-    c->inflight_--;
+    c->stream_.unhold();
     if (c->state_ == State::closing) {
         c->begin_close();
         return;
@@ -171,83 +166,50 @@ void OutboundConnection::on_connect(void* self, int res, uint32_t) {
     }
     c->state_ = State::session;
     c->session_.start(c->want_tls_);
-    c->arm_recv();
+    c->stream_.start_reading();
     c->run_events();
 }
 
-void OutboundConnection::arm_recv() {
-    Reactor& r = delivery_.engine().reactor();
-    io_uring_sqe* s = r.sqe(recv_op_);
-    io_uring_prep_recv_multishot(s, fd_, nullptr, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = r.buffer_group();
-    recv_armed_ = true;
-    inflight_++;
+// Replies arrived, a send completed or the handshake moved on.
+void OutboundConnection::stream_ready() {
+    if (state_ != State::session) return;
+    feed_session();
+    run_events();
 }
 
-void OutboundConnection::on_recv(void* self, int res, uint32_t flags) {
-    auto* c = static_cast<OutboundConnection*>(self);
-    Reactor& r = c->delivery_.engine().reactor();
-    bool more = flags & IORING_CQE_F_MORE;
-    if (!more) {
-        c->recv_armed_ = false;
-        c->inflight_--;
-    }
-    if (res > 0) {
-        auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-        std::string_view in(r.buffer(bid), static_cast<size_t>(res));
-        if (c->state_ == State::session) c->feed_session(in);
-        r.recycle(bid);
-        if (c->state_ == State::closing) {
-            c->begin_close();
-            return;
-        }
-        c->run_events();
-        if (c->state_ == State::session && !c->recv_armed_) c->arm_recv();
-        return;
-    }
-    if (c->state_ == State::closing) {
-        c->begin_close();
-        return;
-    }
-    if (res == -ENOBUFS && !more) {  // no receive buffer free right now: try again
-        c->arm_recv();
-        return;
-    }
-    if (!more) {
-        if (c->state_ == State::session && c->session_.awaiting_handshake()) {
-            c->tls_failed("connection closed during the handshake");
-            return;
-        }
-        c->session_.peer_closed();
-        c->run_events();
-        if (c->state_ == State::session) c->begin_close();
+// While the session awaits the handshake it discards (RFC 3207 §4.2): feed() takes all.
+void OutboundConnection::feed_session() {
+    while (state_ == State::session) {
+        const std::string_view in = stream_.input();
+        if (in.empty()) return;
+        const size_t n = session_.feed(in);
+        stream_.consume(n);
+        if (n == 0) return;  // the session's output is full: after the send
     }
 }
 
-void OutboundConnection::feed_session(std::string_view in) {
-    if (tls_) {
-        tls_in_.append(in);
-        tls_pump();
+// The server hung up, the connection broke, or the server closed or broke the TLS session.
+void OutboundConnection::stream_ended(StreamEnd why) {
+    if (state_ != State::session) return;
+    const tls::TlsSession* t = stream_.tls();
+    if (session_.awaiting_handshake() || stream_.tls_handshaking()) {
+        tls_failed(why == StreamEnd::tls_failed   ? t->error()
+                   : why == StreamEnd::tls_closed ? std::string_view("closed by the server")
+                                                  : "connection closed during the handshake");
         return;
     }
-    // While the session awaits the handshake it discards (RFC 3207 §4.2): feed() takes all.
-    if (pending_in_.empty()) {
-        size_t n = session_.feed(in);
-        if (n < in.size()) pending_in_.assign(in.substr(n));
-    } else {
-        pending_in_.append(in);
-        size_t n = session_.feed(pending_in_);
-        pending_in_.erase(0, n);
-    }
+    if (why == StreamEnd::tls_failed && error_.empty())
+        error_ = remote() + ": TLS: " + std::string(t->error());
+    session_.peer_closed();
+    run_events();
+    if (state_ == State::session) begin_close();
 }
 
 // --- TLS ---------------------------------------------------------------------------------
 
 // The server said 220 to STARTTLS. Whatever followed it in clear was dropped by the session;
-// bytes we had buffered are dropped here too (CVE-2011-0411 class injection).
+// bytes the stream had not handed over yet are dropped by it (CVE-2011-0411 class injection).
 void OutboundConnection::start_tls() {
-    pending_in_.clear();
     const tls::TlsContext* ctx = delivery_.tls_client();
     RM_ASSERT(ctx != nullptr);  // STARTTLS is only wanted with a context
     const std::string& host = dest_->resolution->hosts[host_].name;
@@ -257,62 +219,8 @@ void OutboundConnection::start_tls() {
                          inet_pton(AF_INET, host.c_str(), &scratch) == 1 ||
                          inet_pton(AF_INET6, host.c_str(), &scratch) == 1;
     const tls::TlsResumption* resume = delivery_.tls_session(tls_host_key());
-    tls_.reset(new (std::nothrow) tls::TlsSession(
-        *ctx, literal ? std::string_view() : std::string_view(host), resume));
-    if (tls_ == nullptr || !tls_->ok()) {
-        tls_.reset();
+    if (!stream_.start_tls(*ctx, literal ? std::string_view() : std::string_view(host), resume))
         tls_failed("cannot create a TLS session (out of memory)");
-        return;
-    }
-    tls_pump();
-}
-
-// Moves received ciphertext into the TLS session, runs the handshake, then hands plaintext to
-// the SMTP session until one of them waits. Never while a send is in flight: wolfSSL may
-// compact the output buffer the send points into.
-void OutboundConnection::tls_pump() {
-    while (tls_ && !send_inflight_ && state_ == State::session) {
-        size_t moved = 0;
-        if (!tls_in_.empty()) {
-            moved = tls_->feed_ciphertext(tls_in_);
-            tls_in_.erase(0, moved);
-        }
-        if (!tls_->handshake_done()) {
-            const tls::TlsStatus st = tls_->handshake();
-            if (st == tls::TlsStatus::done) {
-                tls_established();
-                continue;
-            }
-            if (st == tls::TlsStatus::want_more) {
-                if (moved == 0) return;
-                continue;
-            }
-            tls_failed(st == tls::TlsStatus::closed ? std::string_view("closed by the server")
-                                                    : tls_->error());
-            return;
-        }
-        if (plain_off_ < plain_len_) {
-            const size_t n = session_.feed({plain_ + plain_off_, plain_len_ - plain_off_});
-            plain_off_ += n;
-            if (plain_off_ == plain_len_) plain_off_ = plain_len_ = 0;
-            if (n == 0) return;  // the session's output is full: after the send
-            continue;
-        }
-        const tls::TlsIo io = tls_->read_plaintext(plain_, sizeof plain_);
-        if (io.status == tls::TlsStatus::done) {
-            plain_off_ = 0;
-            plain_len_ = io.bytes;
-            continue;
-        }
-        if (io.status == tls::TlsStatus::want_more) {
-            if (moved == 0) return;
-            continue;
-        }
-        if (io.status == tls::TlsStatus::failed && error_.empty())
-            error_ = remote() + ": TLS: " + std::string(tls_->error());
-        session_.peer_closed();  // close_notify or a broken record: the session ends
-        return;
-    }
 }
 
 // The key of this connection's host in Destination::tls_resume.
@@ -321,12 +229,13 @@ std::string OutboundConnection::tls_host_key() const {
     return !h.name.empty() ? h.name : dns::format_ip(h.addresses[addr_]);
 }
 
-void OutboundConnection::tls_established() {
-    tls_desc_.assign(tls_->version());
+void OutboundConnection::stream_tls_established() {
+    const tls::TlsSession& t = *stream_.tls();
+    tls_desc_.assign(t.version());
     tls_desc_ += '/';
-    tls_desc_ += tls_->cipher();
+    tls_desc_ += t.cipher();
     LOG_DEBUG("delivery: TLS with %s: %s%s", remote().c_str(), tls_desc_.c_str(),
-              tls_->resumed() ? " (resumed)" : "");
+              t.resumed() ? " (resumed)" : "");
     session_.tls_started();  // EHLO again, inside TLS (RFC 3207 §4.2)
 }
 
@@ -362,53 +271,7 @@ bool OutboundConnection::tls_required_missing() {
 }
 
 void OutboundConnection::flush_output() {
-    if (send_inflight_ || state_ != State::session) return;
-    std::string_view out = session_.output();
-    if (tls_) {
-        while (tls_->handshake_done() && !session_.output().empty()) {
-            const tls::TlsIo w = tls_->write_plaintext(session_.output());
-            if (w.status == tls::TlsStatus::want_more) break;  // full: again after this send
-            if (w.status != tls::TlsStatus::done) {
-                error_ = remote() + ": TLS: " + std::string(tls_->error());
-                begin_close();
-                return;
-            }
-            session_.output_sent(w.bytes);
-        }
-        out = tls_->ciphertext_output();
-    }
-    if (out.empty()) return;
-    io_uring_sqe* s = delivery_.engine().reactor().sqe(send_op_);
-    io_uring_prep_send(s, fd_, out.data(), out.size(), MSG_NOSIGNAL);
-    send_inflight_ = true;
-    inflight_++;
-}
-
-void OutboundConnection::on_send(void* self, int res, uint32_t) {
-    auto* c = static_cast<OutboundConnection*>(self);
-    c->inflight_--;
-    c->send_inflight_ = false;
-    if (c->state_ == State::closing) {
-        c->begin_close();
-        return;
-    }
-    if (res <= 0) {
-        c->session_.peer_closed();
-        c->run_events();
-        if (c->state_ == State::session) c->begin_close();
-        return;
-    }
-    if (c->tls_) {
-        c->tls_->ciphertext_sent(static_cast<size_t>(res));
-        c->tls_pump();
-    } else {
-        c->session_.output_sent(static_cast<size_t>(res));
-    }
-    if (!c->tls_ && !c->pending_in_.empty()) {
-        size_t n = c->session_.feed(c->pending_in_);
-        c->pending_in_.erase(0, n);
-    }
-    c->run_events();
+    if (state_ == State::session) stream_.flush();
 }
 
 // Poll the session's events until none is left, then send what it wrote.
@@ -523,6 +386,7 @@ void OutboundConnection::go_idle() {
 void OutboundConnection::start_job() {
     rcpts_.clear();  // the addresses are this job's once its record is read
     reading_ = true;
+    stream_.hold();  // the read refers to this connection: it is not reused before it ends
     read_.at = job_.at;
     delivery_.reader().read(&read_);
 }
@@ -540,6 +404,7 @@ void OutboundConnection::finish_job(std::string_view why, sched::Outcome all) {
 
 void OutboundConnection::job_read(int err) {
     reading_ = false;
+    stream_.unhold();
     if (state_ != State::session) {
         finish_job("4.4.2 connection lost before the message was sent", sched::Outcome::deferred);
         begin_close();
@@ -657,42 +522,27 @@ void OutboundConnection::begin_close() {
         idle.erase(std::remove(idle.begin(), idle.end(), this), idle.end());
         idle_ = false;
     }
-    if (state_ != State::closing) {
-        state_ = State::closing;
-        if (fd_ >= 0 && (recv_armed_ || send_inflight_ || inflight_ > 0)) {
-            io_uring_sqe* s = delivery_.engine().reactor().sqe();
-            io_uring_prep_cancel_fd(s, fd_, IORING_ASYNC_CANCEL_ALL);
-            io_uring_sqe_set_data64(s, kTagIgnore);
-        }
-    }
-    if (inflight_ > 0 || reading_ || close_submitted_) return;
-    if (fd_ < 0) {
+    state_ = State::closing;
+    if (stream_.state() == SocketStream::State::idle) {  // no socket was made
         after_close();
         return;
     }
-    close_submitted_ = true;
-    inflight_++;
-    io_uring_sqe* s = delivery_.engine().reactor().sqe(close_op_);
-    io_uring_prep_close(s, fd_);
+    stream_.close();  // released once the connect, recv, send and spool read are over
 }
 
-void OutboundConnection::on_close(void* self, int, uint32_t) {
-    auto* c = static_cast<OutboundConnection*>(self);
-    c->inflight_--;
-    c->close_submitted_ = false;
-    c->fd_ = -1;
-    c->after_close();
+void OutboundConnection::stream_released() {
+    const tls::TlsSession* t = stream_.tls();
+    if (t != nullptr && t->handshake_done()) {
+        // Read to the end, so a TLS 1.3 ticket (sent after the handshake) is in it by now.
+        tls::TlsResumption r = t->resumption();
+        if (!r.empty()) delivery_.keep_tls_session(tls_host_key(), std::move(r));
+    }
+    after_close();
 }
 
 void OutboundConnection::after_close() {
-    RM_ASSERT(inflight_ == 0 && !reading_);
+    RM_ASSERT(stream_.state() == SocketStream::State::idle && !reading_);
     if (has_job_) finish_job("4.4.2 " + error_, sched::Outcome::deferred);
-    if (tls_ && tls_->handshake_done()) {
-        // Read to the end, so a TLS 1.3 ticket (sent after the handshake) is in it by now.
-        tls::TlsResumption r = tls_->resumption();
-        if (!r.empty()) delivery_.keep_tls_session(tls_host_key(), std::move(r));
-    }
-    tls_.reset();  // its ~35 KiB go back with the connection
     if (clear_retry_ && !stopping_) {
         clear_retry_ = false;
         want_tls_ = false;

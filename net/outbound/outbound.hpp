@@ -8,8 +8,11 @@
 // BDAT), and reports every recipient's outcome. Idle, it waits --outbound-idle-ms for the next
 // job to the same destination, then says QUIT.
 //
+// Its socket is a SocketStream (net/socket/): receive, send, TLS and close; this driver only
+// connects it (the connect is held on the stream, so a close waits for it).
+//
 // TLS (--outbound-tls, RFC 3207): the session sends STARTTLS when the server offers it and the
-// policy wants it; on its 220 this driver runs a tls::TlsSession over the socket (ciphertext
+// policy wants it; on its 220 the stream runs a tls::TlsSession over the socket (ciphertext
 // to and from the ring, plaintext to and from the session). Under `may` a failed handshake
 // (error, close or timeout) reconnects to the same host in clear at once and marks the
 // destination so that its connections skip TLS for tls_broken_remember_ms (as Postfix and
@@ -21,7 +24,6 @@
 #include <sys/socket.h>
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +31,7 @@
 #include "core/queue/delivery.hpp"
 #include "core/runtime/reactor.hpp"
 #include "net/smtp/smtp_client.hpp"
+#include "net/socket/socket_stream.hpp"
 #include "spool/io/spool_reader.hpp"
 #include "spool/record.hpp"
 #include "tls/tls_session.hpp"
@@ -56,7 +59,6 @@ class OutboundConnection {
     void connect();
     void after_close();
     void begin_close();
-    void arm_recv();
     void flush_output();
     void run_events();
     void start_job();
@@ -69,46 +71,43 @@ class OutboundConnection {
     // TLS.
     void start_tls();
     [[nodiscard]] std::string tls_host_key() const;
-    void tls_pump();  // ciphertext in → handshake or plaintext into the session
-    void tls_established();
     void tls_failed(std::string_view why);
-    void feed_session(std::string_view in);
+    void feed_session();
     [[nodiscard]] bool tls_required_missing();  // `encrypt` and the session is in clear
     [[nodiscard]] uint64_t now_ms() const;
 
     static void on_connect(void* self, int res, uint32_t flags);
-    static void on_recv(void* self, int res, uint32_t flags);
-    static void on_send(void* self, int res, uint32_t flags);
-    static void on_close(void* self, int res, uint32_t flags);
     static void on_read(SpoolReader::Read* r, int err);
+
+    // The stream's events (SocketStream).
+    friend struct StreamEvents<OutboundConnection>;
+    std::string_view stream_output() { return session_.output(); }
+    void stream_output_sent(size_t n) { session_.output_sent(n); }
+    void stream_ready();
+    void stream_ended(StreamEnd why);
+    void stream_released();
+    void stream_starved() { stream_.resume_recv(); }  // no buffer free right now: try again
+    void stream_tls_established();
 
     Delivery& delivery_;
     smtp::ClientSession session_;
     Delivery::Destination* dest_ = nullptr;
     State state_ = State::free;
-    int fd_ = -1;
     uint32_t host_ = 0, addr_ = 0;  // the target being tried
     bool started_ = false;          // a first target was picked
-    bool recv_armed_ = false, send_inflight_ = false, close_submitted_ = false;
-    bool retry_next_ = false;  // this target failed: try the next one after closing
-    bool was_ready_ = false;   // got to `ready` at least once
+    bool retry_next_ = false;       // this target failed: try the next one after closing
+    bool was_ready_ = false;        // got to `ready` at least once
     bool idle_ = false;
     bool stopping_ = false;
-    uint32_t inflight_ = 0;
     uint32_t sent_ = 0;
     uint64_t deadline_ms_ = 0;
-    std::string pending_in_;             // received bytes the session could not take yet
     std::string error_;                  // the last failure, for the outcomes of waiting jobs
     const char* fail_status_ = "4.4.1";  // RFC 3463 code of error_ for the waiting jobs
 
-    // TLS: the session while STARTTLS is in force on this connection, else null.
-    std::unique_ptr<tls::TlsSession> tls_;
+    // TLS (the stream's session while STARTTLS is in force on this connection).
     bool want_tls_ = false;     // this connection sends STARTTLS when offered
     bool clear_retry_ = false;  // `may`: the handshake failed, reconnect in clear
-    std::string tls_in_;        // received ciphertext the TlsSession has no room for yet
     std::string tls_desc_;      // "TLSv1.3/TLS_AES_128_GCM_SHA256" for the delivery log
-    size_t plain_off_ = 0, plain_len_ = 0;
-    char plain_[4096];  // decrypted replies the session has not taken yet
 
     sockaddr_storage peer_{};
     socklen_t peer_len_ = 0;
@@ -125,9 +124,7 @@ class OutboundConnection {
     bool body_ended_ = false;
 
     IoOp connect_op_{&OutboundConnection::on_connect, this};
-    IoOp recv_op_{&OutboundConnection::on_recv, this};
-    IoOp send_op_{&OutboundConnection::on_send, this};
-    IoOp close_op_{&OutboundConnection::on_close, this};
+    SocketStream stream_{StreamEvents<OutboundConnection>::table, this};
 };
 
 }  // namespace ringmail
