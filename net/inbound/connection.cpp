@@ -430,8 +430,8 @@ void Connection::log_accepted() {
         .num("recipients", rcpts)
         .num("size", body_bytes_)
         .str("client_ip", client_.addr_text)
-        .str("tls_version", tls_ ? tls_->session.version() : std::string_view())
-        .str("tls_cipher", tls_ ? tls_->session.cipher() : std::string_view())
+        .str("tls_version", stream_.tls() ? stream_.tls()->version() : std::string_view())
+        .str("tls_cipher", stream_.tls() ? stream_.tls()->cipher() : std::string_view())
         .emit();
 }
 
