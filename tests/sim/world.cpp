@@ -577,7 +577,10 @@ void World::check_iteration(Reactor& r) {
     if (crash_index_ < crash_at_us.size() || restart_index_ < restart_at_us.size()) return;
     if (settle_deadline_us_ == 0) settle_deadline_us_ = now_us_ + 400ull * 1000 * 1000;
     Engine& e = *engine_;
-    const bool settled = e.open_connections() == 0 && e.committer().idle() && backlog.empty();
+    // A connection refused for lack of slots gets its 421 and close with nothing tracking
+    // them in the engine (Engine::refuse_busy): they may still be in flight.
+    const bool settled = e.open_connections() == 0 && e.committer().idle() && backlog.empty() &&
+                         server_sockets_open() == 0;
     if (!settled) {
         if (now_us_ > settle_deadline_us_)
             throw Failure("every client has gone, and after 400 s the engine still has " +
