@@ -5,7 +5,7 @@
 // buffers and back-pressure, partial sends, cuts and closes at any point, commits that fail
 // or finish late, timeouts, the greeting delay, the connection limits, a crash.
 //
-// Input: six header bytes, then a script of client events.
+// Input: seven header bytes, then a script of client events.
 //   [0] bits0-1 --max-connections (1, 2, 4, 16), bit2 --max-connections-per-ip 1 (else 200),
 //       bits3-4 --commit-depth 1-4, bit5 --commit-window-us 500, bit6 --ring-entries 8
 //       (submissions from inside handlers; else 256), bit7 a crash (instant in [5])
@@ -17,6 +17,8 @@
 //       (64 KiB, 1 KiB, 64 B, 16 B)
 //   [3..4] the world's seed (completion order and latencies, partial receives, short sends)
 //   [5] bits0-4 the crash instant, bits5-7 the largest gap between two arrivals
+//   [6] bit0 a graceful stop while clients are connected, then a new engine on the same spool
+//       (bits1-7 its instant)
 // Then events, each a byte: bits0-1 the client (0-3; clients connect in this order), bits2-7
 // the event (modulo 10), some with an argument byte:
 //   0 send the next N bytes of the input (N: the argument)   5 read at most N bytes now
@@ -36,7 +38,7 @@
 // reply keeps its code; once every client has gone the engine's connection slots, permits,
 // sockets and receive buffers are back to their baseline (World::check_baseline), and after
 // the graceful stop no file descriptor is open; every message a client read a 250 "queued as"
-// for is in the spool that recovery reads, after the crash and after the stop.
+// for is in the spool that recovery reads, after a crash, a restart and the last stop.
 //
 // RINGMAIL_FUZZ_TRACE=1 prints what each client read; RINGMAIL_FUZZ_TWICE=1 runs every input
 // twice and checks the two runs' event digests are equal (the same input, the same run).
@@ -63,7 +65,7 @@
 namespace ringmail::sim {
 namespace {
 
-constexpr size_t kHeaderBytes = 6;
+constexpr size_t kHeaderBytes = 7;
 constexpr uint32_t kClientsMax = 4;
 constexpr size_t kEventsMax = 600;          // per input: bounds a run's virtual time and CPU
 constexpr size_t kReplyLineMaxBytes = 512;  // RFC 5321 §4.5.3.1.5, CRLF included
@@ -420,14 +422,14 @@ std::string spool_parent() {
     return base + "/ringmail-connection-fuzz-" + std::to_string(getpid());
 }
 
-// One engine life: recovery, the engine until a crash or its graceful stop. True when the
-// life ended with the final stop.
+// One engine life: recovery, the engine until a crash or a graceful stop. True when the life
+// ended with the final stop (every client gone), false after a crash or a restart.
 bool run_life(World& w, const Config& cfg, const smtp::RelayPolicy& policy,
               const std::vector<std::string>& acked) {
     FUZZ_CHECK(make_dirs(cfg.spool_dir));
     Recovered rec;
     FUZZ_CHECK(recover(cfg, rec));
-    verify_spool(cfg, acked);  // what the last life acknowledged survived its crash
+    verify_spool(cfg, acked);  // what the last life acknowledged survived its end
     w.disk.new_epoch();
     Shared shared;
     shared.config = &cfg;
@@ -488,6 +490,7 @@ uint64_t run(const Input& in, bool trace) {
     w.fault_rate_ppm = kFaultsPpm[in.h[1] >> 6];
     if (in.h[2] & 32) w.slow_disk_ppm = 20'000;
     if (in.h[0] & 128) w.crash_at_us = {w.now_us() + (uint64_t{in.h[5] & 31u} + 1) * 16'000};
+    if (in.h[6] & 1) w.restart_at_us = {w.now_us() + (uint64_t(in.h[6] >> 1) + 1) * 8'000};
     const Config cfg = make_config(in, o.dir + "/spool");
     const smtp::RelayPolicy policy({*smtp::Cidr::parse("10.0.0.0/8")}, cfg.relay_domains);
     try {
