@@ -9,42 +9,12 @@
 
 #include "core/engine/engine.hpp"
 #include "core/program/recover.hpp"
-#include "core/runtime/sim_hooks.hpp"
 #include "spool/recovery.hpp"
 #include "tests/sim/client.hpp"
 #include "tests/sim/sim.hpp"
 
 namespace ringmail::sim {
 namespace {
-
-void install_hooks(World& w) {
-    sys::SimHooks& h = sys::sim_hooks();
-    h.ctx = &w;
-    h.monotonic_us = [](void* c) { return static_cast<World*>(c)->now_us(); };
-    h.realtime_us = [](void* c) { return static_cast<World*>(c)->realtime_us(); };
-    h.random_u64 = [](void* c) { return static_cast<World*>(c)->rng.next(); };
-    h.getpeername = [](void* c, int fd, sockaddr* a, socklen_t* l) {
-        return static_cast<World*>(c)->getpeername(fd, a, l);
-    };
-    h.open = [](void* c, const char* p, int f, mode_t m) {
-        const int r = static_cast<World*>(c)->disk.open(p, f, m);
-        if (r >= 0) return r;
-        errno = -r;
-        return -1;
-    };
-    h.close = [](void* c, int fd) {
-        const int r = static_cast<World*>(c)->disk.close(fd);
-        if (r >= 0) return r;
-        errno = -r;
-        return -1;
-    };
-    h.unlink = [](void* c, const char* p) {
-        const int r = static_cast<World*>(c)->disk.unlink(p);
-        if (r >= 0) return r;
-        errno = -r;
-        return -1;
-    };
-}
 
 Config make_config(Rng& r, const Options& o) {
     const std::string spool_dir = o.dir + "/spool";
@@ -175,7 +145,7 @@ void verify_spool(World& w, const Config& cfg, const std::map<std::string, size_
 
 void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
     World w(o);
-    install_hooks(w);
+    install_sim_hooks(w);
     set_sim_backend(&w);
     struct Unset {
         ~Unset() { set_sim_backend(nullptr); }

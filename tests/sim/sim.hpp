@@ -157,6 +157,22 @@ struct SentMessage {
 
 struct Client;
 
+// Who the clients are and what they do. Without one, the World plays the seeded random
+// clients of clients.cpp; the connection fuzz target (tests/fuzz/connection_fuzz.cpp) plays
+// clients scripted by its input. A model's clients live in World::clients like the others:
+// the World reads only their id, fd, state and next_us.
+class ClientModel {
+  public:
+    // A new client arrives (the World's arrival schedule): push it to World::clients and put
+    // its socket in the listener's backlog.
+    virtual void spawn(World& w) = 0;
+    // The client's time has come (next_us), or the server did something on its socket.
+    virtual void step(World& w, Client& c) = 0;
+
+  protected:
+    ~ClientModel() = default;
+};
+
 struct Options {
     uint64_t seed = 0;
     uint64_t steps_max = 3'000'000;
@@ -225,6 +241,7 @@ class World final : public SimBackend {
     uint64_t slow_disk_ppm = 0;
     uint32_t batch_bias = 2;
     bool trusted_only = false;
+    ClientModel* model = nullptr;  // null: the random clients of clients.cpp
 
   private:
     struct Op {
@@ -277,6 +294,9 @@ class World final : public SimBackend {
   public:
     int new_fd() { return next_fd_++; }
 };
+
+// Routes the engine's clock, randomness and descriptor calls (core/runtime/sim_hooks.hpp) to w.
+void install_sim_hooks(World& w);
 
 // One seed, start to finish: returns normally when every invariant held; throws Failure.
 void run_seed(const Options& o, RunStats& stats, uint64_t& digest);

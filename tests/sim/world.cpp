@@ -9,10 +9,40 @@
 #include <cstring>
 
 #include "core/engine/engine.hpp"
+#include "core/runtime/sim_hooks.hpp"
 #include "tests/sim/client.hpp"
 #include "tests/sim/sim.hpp"
 
 namespace ringmail::sim {
+
+void install_sim_hooks(World& w) {
+    sys::SimHooks& h = sys::sim_hooks();
+    h.ctx = &w;
+    h.monotonic_us = [](void* c) { return static_cast<World*>(c)->now_us(); };
+    h.realtime_us = [](void* c) { return static_cast<World*>(c)->realtime_us(); };
+    h.random_u64 = [](void* c) { return static_cast<World*>(c)->rng.next(); };
+    h.getpeername = [](void* c, int fd, sockaddr* a, socklen_t* l) {
+        return static_cast<World*>(c)->getpeername(fd, a, l);
+    };
+    h.open = [](void* c, const char* p, int f, mode_t m) {
+        const int r = static_cast<World*>(c)->disk.open(p, f, m);
+        if (r >= 0) return r;
+        errno = -r;
+        return -1;
+    };
+    h.close = [](void* c, int fd) {
+        const int r = static_cast<World*>(c)->disk.close(fd);
+        if (r >= 0) return r;
+        errno = -r;
+        return -1;
+    };
+    h.unlink = [](void* c, const char* p) {
+        const int r = static_cast<World*>(c)->disk.unlink(p);
+        if (r >= 0) return r;
+        errno = -r;
+        return -1;
+    };
+}
 
 World::World(const Options& o) : rng(o.seed), disk(rng), opt(o) {}
 
@@ -478,13 +508,20 @@ void World::run_clients() {
     // come back to the next one).
     while (clients.size() < clients_total && next_arrival_us <= now_us_ && engine_ != nullptr &&
            !stop_requested_) {
-        spawn_client();
+        if (model != nullptr)
+            model->spawn(*this);
+        else
+            spawn_client();
         next_arrival_us = now_us_ + rng.range(0, arrival_gap_max_us);
     }
     // Clients due now, in id order (a client may make another due: a later pass runs it).
     for (size_t i = 0; i < clients.size(); i++) {
         Client& c = *clients[i];
-        if (c.state != Client::State::done && c.next_us <= now_us_) client_step(c);
+        if (c.state == Client::State::done || c.next_us > now_us_) continue;
+        if (model != nullptr)
+            model->step(*this, c);
+        else
+            client_step(c);
     }
 }
 
@@ -558,7 +595,10 @@ void World::check_iteration(Reactor& r) {
     if (crash_index_ < crash_at_us.size() || restart_index_ < restart_at_us.size()) return;
     if (settle_deadline_us_ == 0) settle_deadline_us_ = now_us_ + 400ull * 1000 * 1000;
     Engine& e = *engine_;
-    const bool settled = e.open_connections() == 0 && e.committer().idle() && backlog.empty();
+    // A connection refused for lack of slots gets its 421 and close with nothing tracking
+    // them in the engine (Engine::refuse_busy): they may still be in flight.
+    const bool settled = e.open_connections() == 0 && e.committer().idle() && backlog.empty() &&
+                         server_sockets_open() == 0;
     if (!settled) {
         if (now_us_ > settle_deadline_us_)
             throw Failure("every client has gone, and after 400 s the engine still has " +
