@@ -4,11 +4,9 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <new>
 
 #include "core/base/log.hpp"
 #include "core/engine/engine.hpp"
@@ -196,8 +194,8 @@ void Connection::pump() {
         if (!auth_in_flight_ && !auth_admitting_) feed_session();
         if (state_ != State::active) return;
     }
-    // The stream pauses reading while the session is not keeping up (a commit or output
-    // pending), so one client cannot hold many receive buffers.
+    // A closing session reads nothing more. (While it is only slow — a commit or its output
+    // pending — the stream pauses reading past a few buffers, so one client cannot hold many.)
     if (session_.wants_close()) stream_.stop_reading();
     set_deadline();
     flush_output();

@@ -317,7 +317,7 @@ void SocketStream::close() {
     reading_ = false;
     drop_backlog();
     // Everything on the socket (a recv, a send, an owner's connect) ends with -ECANCELED.
-    if (recv_armed_ || send_inflight_ || inflight_ > 0) {
+    if (inflight_ > 0) {
         io_uring_sqe* s = reactor_->sqe();
         io_uring_prep_cancel_fd(s, fd_, IORING_ASYNC_CANCEL_ALL);
         io_uring_sqe_set_data64(s, kTagIgnore);

@@ -130,7 +130,10 @@ class SocketStream {
     void close();
     // Operations of the owner that must end before the socket is closed and the owner reused
     // (a connect on this socket, a timer, a commit that refers to the owner).
-    void hold() { inflight_++; }
+    void hold() {
+        RM_ASSERT(state_ != State::idle);
+        inflight_++;
+    }
     void unhold();
 
     // TLS from now on. Whatever was received in clear and not consumed is dropped (RFC 3207
