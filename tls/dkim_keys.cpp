@@ -166,7 +166,7 @@ std::string DkimKey::rsa_private_der() const {
 
 bool DkimKeyTable::load_file(const std::string& path, std::string* error) {
     std::string text;
-    if (!dkim_read_file(path, 16 * 1024 * 1024, &text, error)) return false;
+    if (!dkim_read_file(path, dkim_key_table_max_bytes, &text, error)) return false;
     const size_t slash = path.rfind('/');
     const std::string dir = slash == std::string::npos ? std::string() : path.substr(0, slash);
     return load_text(text, path, dir, error);

@@ -43,6 +43,7 @@ inline constexpr size_t dkim_ed25519_signature_bytes = 64;
 inline constexpr unsigned dkim_rsa_bits_min = 1024;  // RFC 8301 §3.2
 inline constexpr unsigned dkim_rsa_bits_max = 4096;
 inline constexpr size_t dkim_key_file_max_bytes = 64 * 1024;
+inline constexpr size_t dkim_key_table_max_bytes = 16 * 1024 * 1024;
 inline constexpr size_t dkim_key_table_entries_max = 10000;
 static_assert(dkim_rsa_bits_max / 8 <= dkim_signature_max_bytes);
 

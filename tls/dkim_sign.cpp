@@ -1,6 +1,7 @@
 // dkim_sign.cpp — the streaming DKIM signer. See dkim_sign.hpp.
 #include "tls/dkim_sign.hpp"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -302,7 +303,8 @@ void DkimSigner::build_field(Signature* s, const DkimSignOptions& options) const
     f.assign("DKIM-Signature: v=1;");
     size_t column = f.size();
     char buf[320];
-    std::snprintf(buf, sizeof buf, "a=%s;", std::string(dkim_algorithm_name(e.algorithm)).c_str());
+    const std::string_view algorithm = dkim_algorithm_name(e.algorithm);
+    std::snprintf(buf, sizeof buf, "a=%.*s;", static_cast<int>(algorithm.size()), algorithm.data());
     put_folded(&f, &column, buf, true);
     put_folded(&f, &column, "c=relaxed/relaxed;", true);
     std::snprintf(buf, sizeof buf, "d=%s;", e.domain.c_str());
@@ -319,9 +321,9 @@ void DkimSigner::build_field(Signature* s, const DkimSignOptions& options) const
     std::array<uint8_t, dkim_signed_fields_max + 1> names;
     const size_t n = h_names(&names);
     for (size_t i = 0; i < n; ++i) {
-        std::snprintf(buf, sizeof buf, "%s%s%c", i == 0 ? "h=" : "",
-                      std::string(dkim_signed_header_names[names[i]]).c_str(),
-                      i + 1 == n ? ';' : ':');
+        const std::string_view name = dkim_signed_header_names[names[i]];
+        std::snprintf(buf, sizeof buf, "%s%.*s%c", i == 0 ? "h=" : "",
+                      static_cast<int>(name.size()), name.data(), i + 1 == n ? ';' : ':');
         put_folded(&f, &column, buf, i == 0);
     }
     char b64[base64_encoded_bytes(dkim_digest_bytes) + 8];
