@@ -15,10 +15,11 @@
 //   - RSA keys under 1024 bits are refused (RFC 8301 §3.2: verifiers must not accept them);
 //     keys over 4096 bits too (the signature would not fit dkim_signature_max_bytes).
 //   - Keys are immutable after loading; DkimKey::sign is safe from any number of threads.
-//   - Crypto split (measured in the repository's crypto notes, bench/README.md "DKIM"): the RSA
-//     private-key operation runs on OpenSSL's libcrypto (~5x wolfSSL's Debian build), Ed25519
-//     on wolfSSL (2x OpenSSL). OpenSSL and wolfSSL headers never meet in one translation unit:
-//     tls/dkim_openssl.cpp and tls/dkim_wolfssl.cpp each include one of them.
+//   - Crypto split (measured side by side, bench/README.md "DKIM signing"): the RSA private-key
+//     operation runs on OpenSSL's libcrypto (3x wolfSSL's Debian build without AVX-512 IFMA,
+//     5x with it), Ed25519 on wolfSSL (faster than libcrypto's). OpenSSL and wolfSSL headers never
+//     meet in one translation unit: tls/dkim_openssl.cpp and tls/dkim_wolfssl.cpp each include one
+//     of them.
 #pragma once
 
 #include <array>

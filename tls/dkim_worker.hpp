@@ -1,6 +1,6 @@
 // dkim_worker.hpp — computes DKIM signatures off the reactor thread.
 //
-// An RSA-2048 signature costs ~0.3 ms of CPU even on OpenSSL: signed inline it would stall
+// An RSA-2048 signature costs 0.3–0.8 ms of CPU even on OpenSSL: signed inline it would stall
 // every session of a core. Each reactor owns one DkimWorker: it submits (token, key, digest) —
 // the digest is DkimSigner::header_digest(i), the SHA-256 of the message's canonical header
 // data — on a bounded SPSC request ring (core/base/spsc_ring.hpp); a thread signs them and the
