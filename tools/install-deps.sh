@@ -2,11 +2,11 @@
 # install-deps.sh — the Debian 12 packages ringmail needs to build, run and test.
 # Called by both README commands; safe to run again (apt-get skips what is installed).
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config liburing-dev libwolfssl-dev libudns-dev libmimalloc-dev
+pkgs=(build-essential cmake pkg-config liburing-dev libwolfssl-dev libssl-dev libudns-dev libmimalloc-dev
       googletest libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev)
 if [ "${1:-}" = test ]; then
     pkgs+=(python3 python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl libauthen-sasl-perl
-           postfix dnsmasq openssl clang-format iproute2
+           postfix dnsmasq openssl clang-format iproute2 python3-dkim python3-nacl
            clang-14 libclang-rt-14-dev llvm-14
            systemd lintian prometheus)
 fi
