@@ -18,12 +18,12 @@
 
 #include "core/base/config.hpp"
 #include "core/queue/delivery.hpp"
-#include "core/queue/queue.hpp"
 #include "core/runtime/channel.hpp"
 #include "core/runtime/reactor.hpp"
 #include "net/smtp/relay_policy.hpp"
 #include "net/smtp/smtp_server.hpp"
 #include "spool/io/commit.hpp"
+#include "spool/io/queue_entry.hpp"
 #include "tls/auth_throttle.hpp"
 #include "tls/auth_worker.hpp"
 #include "tls/tls_session.hpp"

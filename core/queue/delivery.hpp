@@ -28,12 +28,12 @@
 #include <vector>
 
 #include "core/base/config.hpp"
-#include "core/queue/queue.hpp"
 #include "core/queue/scheduler.hpp"
 #include "core/runtime/reactor.hpp"
 #include "dns/resolver.hpp"
 #include "net/smtp/smtp_client.hpp"
 #include "spool/io/commit.hpp"
+#include "spool/io/queue_entry.hpp"
 #include "spool/io/spool_reader.hpp"
 #include "spool/lifecycle.hpp"
 #include "spool/record.hpp"
