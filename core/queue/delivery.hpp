@@ -46,6 +46,7 @@ class OutboundConnection;
 struct CoreMsg;
 
 // The recipients of one message that go to one destination (one transaction at most).
+// (Across cores its recipients and domain travel apart: core/engine/engine.hpp, JobWire.)
 struct JobMsg {
     sched::MessageRef ref;  // in the origin's MessageTable
     uint64_t message_id;
@@ -58,7 +59,8 @@ struct JobMsg {
     char domain[255];
 };
 
-// One recipient's outcome, back to the origin.
+// One recipient's outcome, back to the origin. (Across cores its text travels apart, in the
+// sender's TextArena: core/engine/engine.hpp, OutcomeWire.)
 struct OutcomeMsg {
     sched::MessageRef ref;
     uint64_t message_id;
@@ -111,7 +113,9 @@ class Delivery {
 
     // From the engine.
     void handle_job(const JobMsg& j);
-    void handle_outcome(const OutcomeMsg& o);
+    // An outcome from another core (its text valid during the call only).
+    void handle_outcome(sched::MessageRef ref, uint64_t message_id, uint16_t rcpt, sched::Outcome o,
+                        std::string_view text, std::string_view remote, std::string_view tls);
     void on_tick();                   // timers: due messages, expiry, DNS, connection timeouts
     void flush();                     // end of a loop iteration
     void stop();                      // graceful stop: connections QUIT, nothing new starts
