@@ -14,6 +14,7 @@
 #include "core/base/log.hpp"
 #include "core/runtime/sim_hooks.hpp"
 #include "net/inbound/connection.hpp"
+#include "net/outbound/destinations.hpp"
 
 namespace ringmail {
 namespace {
@@ -91,6 +92,12 @@ int Engine::run() {
         delivery_ = std::make_unique<Delivery>(*this, core_);
         ok = delivery_->init(&error);
         if (ok) {
+            destinations_ = std::make_unique<Destinations>(
+                *this, delivery_->resolver(), delivery_->reader(), delivery_->outcome_sink());
+            ok = destinations_->init(&error);
+            delivery_->set_local_jobs(destinations_->job_sink());
+        }
+        if (ok) {
             committer_->set_listener(&Engine::on_committed, this);
             committer_->set_segment_listener(&Engine::on_segment, this);
             for (const auto& [dir, seqs] : start_.segments)
@@ -140,7 +147,7 @@ int Engine::run() {
     }
 
     while (!(stopping_ && open_.empty() && committer_->quiescent() &&
-             (!delivery_ || delivery_->idle()))) {
+             (!destinations_ || destinations_->idle()))) {
         reactor_.run_once([this](uint64_t tag, int) {
             if (tag == kTagWake) drain_channels();
         });
@@ -323,7 +330,7 @@ void Engine::handle(const CoreMsg& m) {
         case CoreMsg::Kind::job: {
             JobMsg j = job_from(m);
             give_back(m.from, m.job.text);
-            if (delivery_) delivery_->handle_job(j);
+            if (destinations_) destinations_->handle_job(j);
             return;
         }
         case CoreMsg::Kind::outcome:
@@ -409,7 +416,7 @@ void Engine::arm_tick() {
 void Engine::on_tick_op(void* self, int, uint32_t) {
     auto* e = static_cast<Engine*>(self);
     e->on_tick();
-    if (!(e->stopping_ && e->open_.empty() && (!e->delivery_ || e->delivery_->idle())))
+    if (!(e->stopping_ && e->open_.empty() && (!e->destinations_ || e->destinations_->idle())))
         e->arm_tick();
 }
 
@@ -417,6 +424,7 @@ void Engine::on_tick() {
     update_clock();
     uint64_t now = now_ms();
     if (delivery_) delivery_->on_tick();
+    if (destinations_) destinations_->on_tick(now);
     // Connections may leave open_ during tick(); walk a snapshot by index from the end.
     for (size_t i = open_.size(); i-- > 0;) {
         if (i < open_.size()) open_[i]->tick(now);
@@ -452,6 +460,7 @@ void Engine::begin_stop() {
         if (i < open_.size()) open_[i]->shutdown();
     }
     if (delivery_) delivery_->stop();
+    if (destinations_) destinations_->stop();
 }
 
 // --- AUTH checks ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@
 namespace ringmail {
 
 class Connection;
+class Destinations;
 
 struct IpHash {
     size_t operator()(const smtp::IpAddress& a) const noexcept {
@@ -265,7 +266,8 @@ class Engine {
     EngineStart start_;
     Reactor reactor_;
     std::unique_ptr<Committer> committer_;
-    std::unique_ptr<Delivery> delivery_;
+    std::unique_ptr<Delivery> delivery_;          // the queue manager (core/queue/)
+    std::unique_ptr<Destinations> destinations_;  // the destination side (net/outbound/)
     static void on_committed(void* self, const QueueEntry& e, const CommitWaiter& w);
     static void on_segment(void* self, uint64_t seq);
 
