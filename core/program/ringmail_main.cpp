@@ -191,6 +191,7 @@ int main(int argc, char** argv) {
 
     shared.mesh = std::make_unique<ChannelMesh<CoreMsg>>(cfg.threads, cfg.channel_capacity);
     shared.ring_fds.assign(cfg.threads, -1);
+    shared.text_arenas.assign(cfg.threads, nullptr);
     shared.start_barrier = std::make_unique<std::barrier<>>(cfg.threads + 1);
     shared.metrics = std::make_unique<CoreMetrics[]>(cfg.threads);
     // Bound before the cores start, so a taken port is a start failure like a taken SMTP port.

@@ -1,8 +1,7 @@
 // delivery.cpp — see delivery.hpp: Delivery's construction and start, the DNS socket, the
 // timer tick that drives every part, and the graceful stop. The parts live beside it, one job
 // to a file: dispatch.cpp (due messages to jobs), outcome.cpp (outcomes and expiry),
-// bounce.cpp (DSNs), segment_gc.cpp (segment deletion and compaction), destination.cpp (the
-// destination side).
+// bounce.cpp (DSNs), segment_gc.cpp (segment deletion and compaction).
 #include "core/queue/delivery.hpp"
 
 #include <poll.h>
@@ -10,7 +9,6 @@
 #include "core/engine/engine.hpp"
 #include "core/queue/delivery_parts.hpp"
 #include "core/runtime/sim_hooks.hpp"
-#include "net/outbound/outbound.hpp"
 
 namespace ringmail {
 
@@ -25,16 +23,10 @@ Delivery::Delivery(Engine& engine, uint32_t core)
           p.lifetime_ms = engine.config().queue_lifetime_ms;
           return p;
       }()),
-      reader_(engine.reactor(), engine.config().spool_dir),
-      destinations_(engine.config().destinations_max) {
+      reader_(engine.reactor(), engine.config().spool_dir) {
     segdirs_.push_back(std::make_unique<SegDir>(
         SegDir{static_cast<uint16_t>(core),
                spool::SegmentTracker(static_cast<int64_t>(config_.compact_after_ms))}));
-    limits_.connections_max = config_.connections_per_destination_max;
-    limits_.messages_per_connection = config_.messages_per_connection_max;
-    limits_.rcpts_per_transaction = config_.recipients_per_transaction_max;
-    client_settings_.helo_name = config_.hostname;
-    client_settings_.max_recipients_per_transaction = config_.recipients_per_transaction_max;
     rng_ = sys::random_u64();
 }
 
@@ -60,15 +52,6 @@ bool Delivery::init(std::string* error) {
     own.set_listen_ports(ports);
     if (!resolver_.init(dc, std::move(own), error)) return false;
     resolver_ok_ = true;
-    tls_policy_ = config_.outbound_tls == "none"      ? OutboundTls::none
-                  : config_.outbound_tls == "encrypt" ? OutboundTls::encrypt
-                                                      : OutboundTls::may;
-    if (tls_policy_ != OutboundTls::none) {
-        // Opportunistic, like Postfix's `may`/`encrypt`: encrypt, verify no certificate (RFC
-        // 7435); MX hosts rarely present one that matches a name we could check without DANE.
-        tls_client_ = tls::TlsContext::client(tls::TlsClientSettings{}, error);
-        if (tls_client_ == nullptr) return false;
-    }
     arm_dns_poll();
     return true;
 }
@@ -94,14 +77,12 @@ void Delivery::on_tick() {
         resolver_.on_timer(now);
     expire(now);
     retry_bounces(now);
-    tick_connections(now);
     collect_segments();
     if (now >= next_compaction_ms_) {
         next_compaction_ms_ = now + 1000;
         compact();
         reader_.close_unlinked();
     }
-    tick_destinations(now);
     dispatch_due();
 }
 
@@ -111,12 +92,6 @@ void Delivery::flush() {
 
 void Delivery::stop() {
     stopping_ = true;
-    for (auto& c : conns_)
-        c->stop();
-}
-
-bool Delivery::idle() const {
-    return conns_open_ == 0;
 }
 
 }  // namespace ringmail

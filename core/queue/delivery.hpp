@@ -1,24 +1,22 @@
-// delivery.hpp — one core's part of outbound delivery.
+// delivery.hpp — one core's queue manager: the origin side of outbound delivery.
 //
-// Origin side (the core whose spool holds a message): a sched::MessageTable of the messages it
-// holds, the domain of each recipient, and the retry and lifetime decisions. When a message
-// is due, its due recipients are grouped by domain, each domain is resolved (this core's DNS
-// cache), and the recipients go as jobs to the core that owns the destination (a hash of its
-// MX host set) — over the core-to-core channel, or directly when that is this core. Every
-// outcome comes back here, becomes a status record in this core's log, and decides the
-// recipient's next step (done, retry at T, or bounce with a DSN).
-//
-// Destination side (the core that owns a destination): one DestinationQueue per MX host set,
-// whose jobs are carried out by outbound connections (net/outbound.*) — reused for the next
-// job to the same destination, at most --max-connections-per-destination at once.
+// The core whose spool holds a message keeps a sched::MessageTable of the messages it holds,
+// the domain of each recipient, and the retry and lifetime decisions. When a message is due,
+// its due recipients are grouped by domain, each domain is resolved (this core's DNS cache),
+// and the recipients go as jobs to the core that owns the destination (a hash of its MX host
+// set) — over the core-to-core channel, or to this core's destination side
+// (net/outbound/destinations.hpp, through a JobSink) when that is this core. Every outcome
+// comes back here (an OutcomeSink), becomes a status record in this core's log, and decides
+// the recipient's next step (done, retry at T, or bounce with a DSN). Nothing here includes
+// net/outbound/: the engine wires the two sides together.
 //
 // All on the engine's thread; nothing here blocks but the opening of a spool segment for
 // reading (once per segment).
 //
 // One class, one file per job: delivery.cpp (start, the tick, stop), dispatch.cpp (messages
 // in, due recipients to jobs), outcome.cpp (outcomes, expiry, the delivery log), bounce.cpp
-// (DSNs), segment_gc.cpp (segment deletion and compaction), destination.cpp (the destination
-// side); delivery_parts.hpp holds the helper types they share.
+// (DSNs), segment_gc.cpp (segment deletion and compaction); delivery_parts.hpp holds the
+// helper types they share, job.hpp what crosses to the destination side and back.
 #pragma once
 
 #include <cstdint>
@@ -28,62 +26,20 @@
 #include <vector>
 
 #include "core/base/config.hpp"
-#include "core/queue/queue.hpp"
+#include "core/queue/job.hpp"
 #include "core/queue/scheduler.hpp"
 #include "core/runtime/reactor.hpp"
 #include "dns/resolver.hpp"
-#include "net/smtp/smtp_client.hpp"
 #include "spool/io/commit.hpp"
+#include "spool/io/queue_entry.hpp"
 #include "spool/io/spool_reader.hpp"
 #include "spool/lifecycle.hpp"
 #include "spool/record.hpp"
-#include "tls/tls_session.hpp"
 
 namespace ringmail {
 
 class Engine;
-class OutboundConnection;
 struct CoreMsg;
-
-// The recipients of one message that go to one destination (one transaction at most).
-struct JobMsg {
-    sched::MessageRef ref;  // in the origin's MessageTable
-    uint64_t message_id;
-    uint64_t dest_hash;
-    RecordLocation at;
-    uint16_t origin;
-    uint16_t rcpt_count;
-    uint16_t rcpts[limits::job_rcpts_max];  // recipient indexes in the message record
-    uint8_t domain_len;
-    char domain[255];
-};
-
-// One recipient's outcome, back to the origin.
-struct OutcomeMsg {
-    sched::MessageRef ref;
-    uint64_t message_id;
-    uint16_t rcpt;
-    sched::Outcome outcome;
-    uint16_t text_len;
-    uint8_t remote_len;
-    uint8_t tls_len;
-    char text[limits::outcome_text_max_bytes];  // "550 5.1.1 <x@y>: unknown user"
-    char remote[96];                            // "mx.example.net[192.0.2.1]"
-    char tls[64];                               // "TLSv1.3/TLS_AES_128_GCM_SHA256" or ""
-    // The recipient's address is not carried: the origin keeps every recipient's address, so
-    // that outcomes decided without a remote reply (DNS, a dead destination, expiry, a loop)
-    // name their recipient in the log too.
-};
-
-// --outbound-tls: STARTTLS to destinations (RFC 3207; Postfix smtp_tls_security_level).
-enum class OutboundTls : uint8_t {
-    none,     // never
-    may,      // when offered; a failed handshake retries in clear and is remembered
-    encrypt,  // never in clear: no STARTTLS or a failed handshake defers (4.7.5)
-};
-
-// How long a destination whose TLS handshake failed is served in clear under `may`.
-inline constexpr uint64_t tls_broken_remember_ms = 3'600'000;
 
 class Delivery {
   public:
@@ -109,96 +65,55 @@ class Delivery {
     void message_committed(const QueueEntry& e, std::span<const spool::RcptField> rcpts,
                            uint64_t arrival_ms);
 
-    // From the engine.
-    void handle_job(const JobMsg& j);
-    void handle_outcome(const OutcomeMsg& o);
-    void on_tick();                   // timers: due messages, expiry, DNS, connection timeouts
-    void flush();                     // end of a loop iteration
-    void stop();                      // graceful stop: connections QUIT, nothing new starts
-    [[nodiscard]] bool idle() const;  // no outbound connection open
+    // From the engine. Jobs for destinations this core owns go to `local` (the destination
+    // side, net/outbound/destinations.hpp), the others to their core through the engine.
+    void set_local_jobs(JobSink local) { local_jobs_ = local; }
+    // An outcome from another core (its text valid during the call only).
+    void handle_outcome(sched::MessageRef ref, uint64_t message_id, uint16_t rcpt, sched::Outcome o,
+                        std::string_view text, std::string_view remote, std::string_view tls);
+    void on_tick();  // timers: due messages, expiry, DNS, DSN retries, segments
+    void flush();    // end of a loop iteration
+    void stop();     // graceful stop: nothing new starts
     [[nodiscard]] size_t queued() const { return table_.size(); }
     // Messages with recipients in an attempt (at most --active-queue-max).
     [[nodiscard]] size_t active() const { return active_; }
 
-    // For outbound connections.
-    [[nodiscard]] Engine& engine() { return engine_; }
+    // For the destination side (net/outbound/): this core's resolver and spool reader, and
+    // where each recipient's outcome goes (recorded here, or sent back to its core).
+    [[nodiscard]] dns::Resolver& resolver() { return resolver_; }
     [[nodiscard]] SpoolReader& reader() { return reader_; }
-    // tls: "TLSv1.3/TLS_AES_128_GCM_SHA256" when the transaction ran inside TLS, else "".
+    [[nodiscard]] OutcomeSink outcome_sink() { return OutcomeSink{this, &Delivery::on_report}; }
     void report(const JobMsg& job, uint16_t rcpt_index, sched::Outcome o, std::string_view text,
                 std::string_view remote, std::string_view tls = {});
-    [[nodiscard]] OutboundTls tls_policy() const { return tls_policy_; }
-    // This core's client TLS context; null under --outbound-tls=none.
-    [[nodiscard]] const tls::TlsContext* tls_client() const { return tls_client_.get(); }
-    // The last TLS session with a destination host (its name, or its address for a literal),
-    // offered for resumption by the next connection to it (RFC 5077, RFC 8446 §2.2), as
-    // Postfix's smtp_tls_session_cache does. At most kTlsSessionsMax per core.
-    [[nodiscard]] const tls::TlsResumption* tls_session(const std::string& host) const {
-        auto it = tls_sessions_.find(host);
-        return it != tls_sessions_.end() && !it->second.empty() ? &it->second : nullptr;
-    }
-    void keep_tls_session(const std::string& host, tls::TlsResumption r);
-    void connection_closed(OutboundConnection* c);
 
     struct Stats {
         uint64_t delivered = 0, deferred = 0, bounced = 0, expired = 0;
-        uint64_t connections = 0;  // outbound connections opened
-        uint64_t transactions = 0;
         uint64_t segments_deleted = 0;
         uint64_t compacted = 0;  // messages copied forward
     };
     [[nodiscard]] const Stats& stats() const { return stats_; }
     Stats& stats_mut() { return stats_; }
 
-    // A destination on its owning core: the MX host set of one or more domains.
-    struct Destination {
-        uint64_t hash = 0;
-        dns::ResolutionPtr resolution;  // the hosts, in the order to try
-        sched::BasicDestinationQueue<JobMsg> queue;
-        std::vector<OutboundConnection*> idle;  // connected, waiting for the next job
-        std::string last_error;                 // why the last connection failed
-        std::string last_status = "4.4.1";      // its RFC 3463 code (4.7.5: TLS required)
-        uint64_t tls_broken_until_ms = 0;       // `may`: handshake failed, clear until then
-        uint16_t port = 25;
-        explicit Destination(const sched::DestinationLimits& l) : queue(l) {}
-        // Nothing waits for it, no connection points at it, it is not resting after a
-        // failure: it may be forgotten (made again from DNS when mail comes for it). A
-        // remembered TLS failure is lost with it: the next connection tries TLS again.
-        [[nodiscard]] bool evictable(uint64_t now_ms) const {
-            return queue.ready() == 0 && queue.connections() == 0 &&
-                   queue.backoff_until_ms() <= now_ms;
-        }
-    };
     struct Dispatch;  // one domain group of a due message, while its DNS answer is awaited
-    // A job waiting on this core for its destination's DNS answer.
-    struct Waiting;
-
-    [[nodiscard]] const sched::DestinationLimits& destination_limits() const { return limits_; }
-    // Every host failed; status: the RFC 3463 code the deferrals carry.
-    void destination_failed(Destination& d, std::string_view why,
-                            std::string_view status = "4.4.1");
-    void job_ready(Destination& d);  // work arrived, or a connection became free
-    void queue_job(Destination& d, const JobMsg& j);
 
   private:
-    static constexpr size_t kTlsSessionsMax = 4096;
-
     uint32_t intern_domain(std::string_view d);
     void release_domain(uint32_t id);
     void dispatch_due();
     void dispatch(sched::MessageRef m);
     static void on_resolved(void* ctx, const dns::ResolutionPtr& r);
     void resolved(Dispatch* d);
-    static void on_dest_resolved(void* ctx, const dns::ResolutionPtr& r);
+    static void on_report(void* self, const JobMsg& job, uint16_t rcpt, sched::Outcome o,
+                          std::string_view text, std::string_view remote, std::string_view tls) {
+        static_cast<Delivery*>(self)->report(job, rcpt, o, text, remote, tls);
+    }
     void send_job(uint32_t owner, const JobMsg& j);
     void apply(sched::MessageRef m, uint32_t rcpt, sched::Outcome o, std::string_view text,
                std::string_view remote, std::string_view tls = {});
     void finish_message(sched::MessageRef m);
-    void start_connections(Destination& d);
     // The parts of on_tick, in its order.
-    void expire(uint64_t now);             // outcome.cpp: past the queue lifetime
-    void retry_bounces(uint64_t now);      // bounce.cpp: DSN reads and stores to try again
-    void tick_connections(uint64_t now);   // destination.cpp: connection timeouts
-    void tick_destinations(uint64_t now);  // destination.cpp: rested ones, the idle bound
+    void expire(uint64_t now);         // outcome.cpp: past the queue lifetime
+    void retry_bounces(uint64_t now);  // bounce.cpp: DSN reads and stores to try again
     void arm_dns_poll();
     static void on_dns_readable(void* self, int res, uint32_t flags);
     [[nodiscard]] uint64_t random();
@@ -314,17 +229,7 @@ class Delivery {
     std::vector<std::pair<sched::MessageRef, uint32_t>> expired_;
     std::vector<std::unique_ptr<Dispatch>> dispatch_free_;
 
-    sched::DestinationTable<Destination> destinations_;  // at most --max-destinations idle
-    std::vector<std::unique_ptr<OutboundConnection>> conns_;
-    std::vector<OutboundConnection*> conns_free_;
-    uint32_t conns_open_ = 0;
-
-    sched::DestinationLimits limits_;
-    smtp::ClientSettings client_settings_;  // every outbound session refers to it
-    OutboundTls tls_policy_ = OutboundTls::may;
-    std::unique_ptr<tls::TlsContext> tls_client_;  // one per core (wolfSSL CTX)
-    // After tls_client_: freed before it (and the library reference it holds).
-    std::unordered_map<std::string, tls::TlsResumption> tls_sessions_;
+    JobSink local_jobs_;
     IoOp dns_op_{&Delivery::on_dns_readable, this};
     bool dns_armed_ = false;
     Stats stats_;

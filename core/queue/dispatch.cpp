@@ -201,7 +201,8 @@ void Delivery::resolved(Dispatch* d) {
         }
         // Groups with the same destination go together, in one job per transaction's worth.
         const Held& h = held_[m.index];
-        size_t per = std::min<size_t>(limits_.rcpts_per_transaction, limits::job_rcpts_max);
+        size_t per =
+            std::min<size_t>(config_.recipients_per_transaction_max, limits::job_rcpts_max);
         for (size_t a = 0; a < d->groups.size(); a++) {
             Dispatch::Group& first = d->groups[a];
             if (!first.result || first.result->outcome != dns::Outcome::ok) continue;
@@ -241,7 +242,8 @@ void Delivery::resolved(Dispatch* d) {
 
 void Delivery::send_job(uint32_t owner, const JobMsg& j) {
     if (owner == core_) {
-        handle_job(j);
+        RM_ASSERT(local_jobs_.fn != nullptr);
+        local_jobs_.fn(local_jobs_.ctx, j);
         return;
     }
     engine_.send_job(owner, j);

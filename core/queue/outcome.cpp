@@ -9,6 +9,7 @@
 #include "core/queue/delivery.hpp"
 #include "core/queue/delivery_parts.hpp"
 #include "core/runtime/sim_hooks.hpp"
+#include "net/smtp/smtp_reply.hpp"
 #include "spool/status.hpp"
 
 namespace ringmail {
@@ -65,10 +66,11 @@ void Delivery::report(const JobMsg& job, uint16_t rcpt, sched::Outcome o, std::s
     engine_.send_outcome(job.origin, m);
 }
 
-void Delivery::handle_outcome(const OutcomeMsg& o) {
-    if (!table_.valid(o.ref) || table_.id(o.ref) != o.message_id) return;
-    apply(o.ref, o.rcpt, o.outcome, std::string_view(o.text, o.text_len),
-          std::string_view(o.remote, o.remote_len), std::string_view(o.tls, o.tls_len));
+void Delivery::handle_outcome(sched::MessageRef ref, uint64_t message_id, uint16_t rcpt,
+                              sched::Outcome o, std::string_view text, std::string_view remote,
+                              std::string_view tls) {
+    if (!table_.valid(ref) || table_.id(ref) != message_id) return;
+    apply(ref, rcpt, o, text, remote, tls);
 }
 
 // One recipient's outcome: the table decides, the spool records it, the log says it.

@@ -56,14 +56,14 @@ sched::Outcome map_outcome(smtp::RcptOutcome o) {
 
 }  // namespace
 
-OutboundConnection::OutboundConnection(Delivery& delivery, const smtp::ClientSettings& settings)
-    : delivery_(delivery), session_(settings) {
+OutboundConnection::OutboundConnection(Destinations& owner, const smtp::ClientSettings& settings)
+    : owner_(owner), session_(settings) {
     read_.done = &OutboundConnection::on_read;
     read_.user = this;
 }
 
 uint64_t OutboundConnection::now_ms() const {
-    return delivery_.engine().now_ms();
+    return owner_.engine().now_ms();
 }
 
 std::string OutboundConnection::remote() const {
@@ -80,7 +80,7 @@ std::string OutboundConnection::remote() const {
     return hosts[host_].name + "[" + text + "]";
 }
 
-void OutboundConnection::open(Delivery::Destination* dest) {
+void OutboundConnection::open(Destinations::Destination* dest) {
     RM_ASSERT(state_ == State::free && stream_.state() == SocketStream::State::idle);
     dest_ = dest;
     started_ = retry_next_ = was_ready_ = idle_ = stopping_ = has_job_ = reading_ = false;
@@ -88,7 +88,7 @@ void OutboundConnection::open(Delivery::Destination* dest) {
     error_.clear();
     fail_status_ = "4.4.1";
     clear_retry_ = false;
-    const OutboundTls policy = delivery_.tls_policy();
+    const OutboundTls policy = owner_.tls_policy();
     want_tls_ = policy == OutboundTls::encrypt ||
                 (policy == OutboundTls::may && now_ms() >= dest->tls_broken_until_ms);
     if (!next_target()) {
@@ -144,11 +144,11 @@ void OutboundConnection::connect() {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    stream_.open(delivery_.engine().reactor(), fd);
+    stream_.open(owner_.engine().reactor(), fd);
     stream_.hold();  // the connect: a close waits for it
-    io_uring_sqe* s = delivery_.engine().reactor().sqe(connect_op_);
+    io_uring_sqe* s = owner_.engine().reactor().sqe(connect_op_);
     io_uring_prep_connect(s, fd, reinterpret_cast<sockaddr*>(&peer_), peer_len_);
-    deadline_ms_ = now_ms() + delivery_.engine().config().timeout_connect_ms;
+    deadline_ms_ = now_ms() + owner_.engine().config().timeout_connect_ms;
 }
 
 void OutboundConnection::on_connect(void* self, int res, uint32_t) {
@@ -210,7 +210,7 @@ void OutboundConnection::stream_ended(StreamEnd why) {
 // The server said 220 to STARTTLS. Whatever followed it in clear was dropped by the session;
 // bytes the stream had not handed over yet are dropped by it (CVE-2011-0411 class injection).
 void OutboundConnection::start_tls() {
-    const tls::TlsContext* ctx = delivery_.tls_client();
+    const tls::TlsContext* ctx = owner_.tls_client();
     RM_ASSERT(ctx != nullptr);  // STARTTLS is only wanted with a context
     const std::string& host = dest_->resolution->hosts[host_].name;
     // RFC 6066 §3: SNI carries a host name, never an address literal.
@@ -218,7 +218,7 @@ void OutboundConnection::start_tls() {
     const bool literal = host.empty() || host[0] == '[' ||
                          inet_pton(AF_INET, host.c_str(), &scratch) == 1 ||
                          inet_pton(AF_INET6, host.c_str(), &scratch) == 1;
-    const tls::TlsResumption* resume = delivery_.tls_session(tls_host_key());
+    const tls::TlsResumption* resume = owner_.tls_session(tls_host_key());
     if (!stream_.start_tls(*ctx, literal ? std::string_view() : std::string_view(host), resume))
         tls_failed("cannot create a TLS session (out of memory)");
 }
@@ -242,7 +242,7 @@ void OutboundConnection::stream_tls_established() {
 // The handshake failed, the peer closed during it, or it timed out.
 void OutboundConnection::tls_failed(std::string_view why) {
     error_ = "TLS handshake with " + remote() + " failed: " + std::string(why);
-    if (delivery_.tls_policy() == OutboundTls::may) {
+    if (owner_.tls_policy() == OutboundTls::may) {
         // Opportunistic TLS (RFC 7435 §6): a broken TLS stack must not stop mail; clear text
         // is what the destination would have got without STARTTLS. Remembered, so that its
         // next connections do not fail the same way first.
@@ -260,7 +260,7 @@ void OutboundConnection::tls_failed(std::string_view why) {
 // --outbound-tls=encrypt: the session reached `ready` in clear (no STARTTLS offered, or it was
 // refused). Nothing may be sent; the next host may do better.
 bool OutboundConnection::tls_required_missing() {
-    if (delivery_.tls_policy() != OutboundTls::encrypt || session_.tls_active()) return false;
+    if (owner_.tls_policy() != OutboundTls::encrypt || session_.tls_active()) return false;
     error_ = remote() +
              (session_.offers_starttls() ? " refused STARTTLS" : " does not offer STARTTLS") +
              "; TLS is required (--outbound-tls=encrypt)";
@@ -315,8 +315,8 @@ void OutboundConnection::run_events() {
                         rest.rcpts[rest.rcpt_count++] = job_.rcpts[i];
                         continue;
                     }
-                    delivery_.report(job_, job_.rcpts[i], map_outcome(results[i].outcome),
-                                     results[i].text, who, tls_desc_);
+                    owner_.report(job_, job_.rcpts[i], map_outcome(results[i].outcome),
+                                  results[i].text, who, tls_desc_);
                 }
                 // The session settles every recipient before the transaction ends, and the
                 // server took at least one of them before saying "too many", so each round
@@ -324,7 +324,7 @@ void OutboundConnection::run_events() {
                 if (rest.rcpt_count > 0) dest_->queue.push_front(rest);
                 has_job_ = false;
                 sent_++;
-                delivery_.stats_mut().transactions++;
+                owner_.stats_mut().transactions++;
                 break;
             }
             case smtp::ClientEvent::closed:
@@ -347,7 +347,7 @@ void OutboundConnection::run_events() {
     uint32_t t = session_.timeout_ms();
     if (t) {
         uint64_t scaled =
-            uint64_t{t} * delivery_.engine().config().outbound_timeout_scale_percent / 100;
+            uint64_t{t} * owner_.engine().config().outbound_timeout_scale_percent / 100;
         deadline_ms_ = now_ms() + std::max<uint64_t>(scaled, 1);
     }
 }
@@ -361,7 +361,7 @@ void OutboundConnection::wake() {
 void OutboundConnection::take_job() {
     idle_ = false;
     if (state_ != State::session || has_job_) return;
-    if (stopping_ || delivery_.engine().stopping()) {
+    if (stopping_ || owner_.engine().stopping()) {
         session_.quit();
         return;
     }
@@ -380,7 +380,7 @@ void OutboundConnection::take_job() {
 void OutboundConnection::go_idle() {
     idle_ = true;
     dest_->idle.push_back(this);
-    deadline_ms_ = now_ms() + delivery_.engine().config().outbound_idle_ms;
+    deadline_ms_ = now_ms() + owner_.engine().config().outbound_idle_ms;
 }
 
 void OutboundConnection::start_job() {
@@ -388,7 +388,7 @@ void OutboundConnection::start_job() {
     reading_ = true;
     stream_.hold();  // the read refers to this connection: it is not reused before it ends
     read_.at = job_.at;
-    delivery_.reader().read(&read_);
+    owner_.reader().read(&read_);
 }
 
 void OutboundConnection::on_read(SpoolReader::Read* r, int err) {
@@ -398,7 +398,7 @@ void OutboundConnection::on_read(SpoolReader::Read* r, int err) {
 void OutboundConnection::finish_job(std::string_view why, sched::Outcome all) {
     std::string who = remote();
     for (uint32_t i = 0; i < job_.rcpt_count; i++)
-        delivery_.report(job_, job_.rcpts[i], all, why, who);
+        owner_.report(job_, job_.rcpts[i], all, why, who);
     has_job_ = false;
 }
 
@@ -427,7 +427,7 @@ void OutboundConnection::job_read(int err) {
         return;
     }
     msg_ = std::move(*m);
-    uint32_t max = delivery_.engine().config().received_headers_max;
+    uint32_t max = owner_.engine().config().received_headers_max;
     if (count_received(msg_.body) > max) {
         finish_job("5.4.6 too many Received headers: mail forwarding loop",
                    sched::Outcome::bounced);
@@ -535,7 +535,7 @@ void OutboundConnection::stream_released() {
     if (t != nullptr && t->handshake_done()) {
         // Read to the end, so a TLS 1.3 ticket (sent after the handshake) is in it by now.
         tls::TlsResumption r = t->resumption();
-        if (!r.empty()) delivery_.keep_tls_session(tls_host_key(), std::move(r));
+        if (!r.empty()) owner_.keep_tls_session(tls_host_key(), std::move(r));
     }
     after_close();
 }
@@ -554,9 +554,9 @@ void OutboundConnection::after_close() {
         connect();
         return;
     }
-    if (retry_next_ && !was_ready_) delivery_.destination_failed(*dest_, error_, fail_status_);
+    if (retry_next_ && !was_ready_) owner_.destination_failed(*dest_, error_, fail_status_);
     state_ = State::free;
-    delivery_.connection_closed(this);
+    owner_.connection_closed(this);
 }
 
 }  // namespace ringmail

@@ -1,10 +1,10 @@
 // outbound.hpp — one outbound SMTP connection on a reactor: the driver of smtp::ClientSession.
 //
-// Owned by its core's Delivery and bound to one destination. It connects to the destination's
-// hosts in order (the next address, then the next MX host, on a connection failure or a 4xx/5xx
-// greeting), then carries out that destination's jobs one after the other: it reads each
-// message record from the spool through the ring (verified against its checksum), hands the
-// envelope to the session, streams the text from the record (the session dot-stuffs or frames
+// Owned by its core's Destinations (destinations.hpp) and bound to one destination. It connects to
+// the destination's hosts in order (the next address, then the next MX host, on a connection
+// failure or a 4xx/5xx greeting), then carries out that destination's jobs one after the other: it
+// reads each message record from the spool through the ring (verified against its checksum), hands
+// the envelope to the session, streams the text from the record (the session dot-stuffs or frames
 // BDAT), and reports every recipient's outcome. Idle, it waits --outbound-idle-ms for the next
 // job to the same destination, then says QUIT.
 //
@@ -28,8 +28,8 @@
 #include <string_view>
 #include <vector>
 
-#include "core/queue/delivery.hpp"
 #include "core/runtime/reactor.hpp"
+#include "net/outbound/destinations.hpp"
 #include "net/smtp/smtp_client.hpp"
 #include "net/socket/socket_stream.hpp"
 #include "spool/io/spool_reader.hpp"
@@ -42,17 +42,17 @@ class OutboundConnection {
   public:
     enum class State : uint8_t { free, connecting, session, closing };
 
-    OutboundConnection(Delivery& delivery, const smtp::ClientSettings& settings);
+    OutboundConnection(Destinations& owner, const smtp::ClientSettings& settings);
     OutboundConnection(const OutboundConnection&) = delete;
     OutboundConnection& operator=(const OutboundConnection&) = delete;
 
-    void open(Delivery::Destination* dest);  // connects to the first host
-    void wake();                             // an idle connection: a job is waiting
+    void open(Destinations::Destination* dest);  // connects to the first host
+    void wake();                                 // an idle connection: a job is waiting
     void tick(uint64_t now_ms);
     void stop();  // graceful stop: QUIT when idle, else after the job
     [[nodiscard]] State state() const { return state_; }
     [[nodiscard]] bool was_ready() const { return was_ready_; }
-    [[nodiscard]] Delivery::Destination* destination() const { return dest_; }
+    [[nodiscard]] Destinations::Destination* destination() const { return dest_; }
 
   private:
     bool next_target();  // the next (host, address) to try; false when none is left
@@ -89,9 +89,9 @@ class OutboundConnection {
     void stream_starved() { stream_.resume_recv(); }  // no buffer free right now: try again
     void stream_tls_established();
 
-    Delivery& delivery_;
+    Destinations& owner_;
     smtp::ClientSession session_;
-    Delivery::Destination* dest_ = nullptr;
+    Destinations::Destination* dest_ = nullptr;
     State state_ = State::free;
     uint32_t host_ = 0, addr_ = 0;  // the target being tried
     bool started_ = false;          // a first target was picked

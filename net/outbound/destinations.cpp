@@ -1,22 +1,69 @@
-// destination.cpp — the destination side (part of Delivery, see delivery.hpp): jobs for the
-// destinations this core owns wait in their DestinationQueue and are carried out by outbound
-// connections (net/outbound/), at most --max-connections-per-destination at once; a
-// destination whose hosts all failed rests, and what waits for it is deferred.
+// destinations.cpp — see destinations.hpp.
+#include "net/outbound/destinations.hpp"
+
 #include <algorithm>
 
 #include "core/engine/engine.hpp"
-#include "core/queue/delivery.hpp"
-#include "core/queue/delivery_parts.hpp"
 #include "net/outbound/outbound.hpp"
 
 namespace ringmail {
 
-struct Delivery::Waiting {
+struct Destinations::Waiting {
     JobMsg job;
-    Delivery* owner;
+    Destinations* owner;
 };
 
-void Delivery::handle_job(const JobMsg& j) {
+Destinations::Destinations(Engine& engine, dns::Resolver& resolver, SpoolReader& reader,
+                           OutcomeSink sink)
+    : engine_(engine),
+      config_(engine.config()),
+      resolver_(resolver),
+      reader_(reader),
+      sink_(sink),
+      destinations_(engine.config().destinations_max) {
+    limits_.connections_max = config_.connections_per_destination_max;
+    limits_.messages_per_connection = config_.messages_per_connection_max;
+    limits_.rcpts_per_transaction = config_.recipients_per_transaction_max;
+    client_settings_.helo_name = config_.hostname;
+    client_settings_.max_recipients_per_transaction = config_.recipients_per_transaction_max;
+}
+
+Destinations::~Destinations() = default;
+
+bool Destinations::init(std::string* error) {
+    tls_policy_ = config_.outbound_tls == "none"      ? OutboundTls::none
+                  : config_.outbound_tls == "encrypt" ? OutboundTls::encrypt
+                                                      : OutboundTls::may;
+    if (tls_policy_ != OutboundTls::none) {
+        // Opportunistic, like Postfix's `may`/`encrypt`: encrypt, verify no certificate (RFC
+        // 7435); MX hosts rarely present one that matches a name we could check without DANE.
+        tls_client_ = tls::TlsContext::client(tls::TlsClientSettings{}, error);
+        if (tls_client_ == nullptr) return false;
+    }
+    return true;
+}
+
+void Destinations::on_tick(uint64_t now) {
+    for (auto& c : conns_)
+        c->tick(now);
+    // Destinations that rested after a failure may take their waiting jobs again.
+    destinations_.for_each([&](Destination& d) {
+        if (d.queue.ready() > 0) start_connections(d);
+    });
+    destinations_.trim(now);
+}
+
+void Destinations::stop() {
+    stopping_ = true;
+    for (auto& c : conns_)
+        c->stop();
+}
+
+bool Destinations::idle() const {
+    return conns_open_ == 0;
+}
+
+void Destinations::handle_job(const JobMsg& j) {
     Destination* d = destinations_.find(j.dest_hash);
     uint64_t now = engine_.now_ms();
     if (d != nullptr && (d->resolution->expires_ms == 0 || d->resolution->expires_ms > now)) {
@@ -29,15 +76,15 @@ void Delivery::handle_job(const JobMsg& j) {
     std::string_view dom(j.domain, j.domain_len);
     if (!config_.smarthost.empty()) {
         auto sh = dns::parse_smarthost(config_.smarthost);
-        resolver_.resolve_smarthost(*sh, now, &Delivery::on_dest_resolved, w);
+        resolver_.resolve_smarthost(*sh, now, &Destinations::on_dest_resolved, w);
     } else {
-        resolver_.resolve_destination(dom, now, &Delivery::on_dest_resolved, w);
+        resolver_.resolve_destination(dom, now, &Destinations::on_dest_resolved, w);
     }
 }
 
-void Delivery::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
+void Destinations::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
     std::unique_ptr<Waiting> w(static_cast<Waiting*>(ctx));
-    Delivery* self = w->owner;
+    Destinations* self = w->owner;
     const JobMsg& j = w->job;
     if (r->outcome != dns::Outcome::ok) {
         std::string text = std::string(r->status) + " " + r->text;
@@ -61,7 +108,7 @@ void Delivery::on_dest_resolved(void* ctx, const dns::ResolutionPtr& r) {
 // A destination that is resting after every host failed takes no job: it is deferred at
 // once with the reason, and follows its own retry schedule (as Postfix does for a dead
 // destination).
-void Delivery::queue_job(Destination& d, const JobMsg& j) {
+void Destinations::queue_job(Destination& d, const JobMsg& j) {
     if (d.queue.backoff_until_ms() > engine_.now_ms()) {
         std::string text = d.last_status + " " + d.last_error;
         for (uint16_t i = 0; i < j.rcpt_count; i++)
@@ -72,7 +119,7 @@ void Delivery::queue_job(Destination& d, const JobMsg& j) {
     job_ready(d);
 }
 
-void Delivery::job_ready(Destination& d) {
+void Destinations::job_ready(Destination& d) {
     while (!d.idle.empty() && d.queue.ready() > 0) {
         OutboundConnection* c = d.idle.back();
         d.idle.pop_back();
@@ -81,7 +128,7 @@ void Delivery::job_ready(Destination& d) {
     start_connections(d);
 }
 
-void Delivery::start_connections(Destination& d) {
+void Destinations::start_connections(Destination& d) {
     uint64_t now = engine_.now_ms();
     while (!stopping_ && d.queue.wants_connection(now) &&
            conns_open_ < config_.outbound_connections_max) {
@@ -100,7 +147,8 @@ void Delivery::start_connections(Destination& d) {
     }
 }
 
-void Delivery::destination_failed(Destination& d, std::string_view why, std::string_view status) {
+void Destinations::destination_failed(Destination& d, std::string_view why,
+                                      std::string_view status) {
     // Every host failed: the destination rests, and what waits for it is deferred (each
     // message then follows its own retry schedule).
     uint64_t now = engine_.now_ms();
@@ -116,7 +164,7 @@ void Delivery::destination_failed(Destination& d, std::string_view why, std::str
     }
 }
 
-void Delivery::connection_closed(OutboundConnection* c) {
+void Destinations::connection_closed(OutboundConnection* c) {
     Destination& d = *c->destination();
     d.queue.connection_closed(c->was_ready());
     conns_open_--;
@@ -124,20 +172,7 @@ void Delivery::connection_closed(OutboundConnection* c) {
     if (d.queue.ready() > 0) start_connections(d);
 }
 
-void Delivery::tick_connections(uint64_t now) {
-    for (auto& c : conns_)
-        c->tick(now);
-}
-
-void Delivery::tick_destinations(uint64_t now) {
-    // Destinations that rested after a failure may take their waiting jobs again.
-    destinations_.for_each([&](Destination& d) {
-        if (d.queue.ready() > 0) start_connections(d);
-    });
-    destinations_.trim(now);
-}
-
-void Delivery::keep_tls_session(const std::string& host, tls::TlsResumption r) {
+void Destinations::keep_tls_session(const std::string& host, tls::TlsResumption r) {
     // Bounded: past the cap an arbitrary host's session goes (its next connection does a full
     // handshake, nothing worse).
     if (tls_sessions_.size() >= kTlsSessionsMax && !tls_sessions_.contains(host))
