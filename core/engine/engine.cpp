@@ -261,17 +261,17 @@ void Engine::connection_released(Connection* c) {
 // receives are submitted), or for the tick: a receive run by a submission from inside a
 // handler (a full submission queue) may have missed a buffer recycled just before, which
 // counts as published by the time its completion is seen.
-void Engine::recv_starved(Connection* c, bool listed) {
-    if (!listed) {
-        RM_ASSERT(starved_.size() < connections_max_);  // once each (Connection::starved_)
-        starved_.push_back(c);
-    }
+// Inbound connections and outbound ones alike (their slots and pools live as long as the
+// engine); each stream is listed once until resumed (SocketStream::starved_listed), so the list
+// holds at most one entry per stream.
+void Engine::recv_starved(SocketStream* s, bool listed) {
+    if (!listed) starved_.push_back(s);
     starved_published_ = reactor_.buffers_published();
 }
 
 void Engine::resume_starved() {
-    for (Connection* c : starved_)
-        c->resume_recv();
+    for (SocketStream* s : starved_)
+        s->resume_recv();
     starved_.clear();
 }
 

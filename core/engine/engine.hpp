@@ -35,6 +35,7 @@ namespace ringmail {
 
 class Connection;
 class Destinations;
+class SocketStream;
 
 struct IpHash {
     size_t operator()(const smtp::IpAddress& a) const noexcept {
@@ -195,7 +196,7 @@ class Engine {
     void release_permit(const smtp::IpAddress& ip);
     // c's receive ended with ENOBUFS: it is re-armed once a buffer has come back to the ring.
     // listed: c is in the list already (its slot's last client starved and was not resumed).
-    void recv_starved(Connection* c, bool listed);
+    void recv_starved(SocketStream* s, bool listed);
     [[nodiscard]] uint32_t cores() const { return ncores_; }
     void send_job(uint32_t core, const JobMsg& j);
     void send_outcome(uint32_t core, const OutcomeMsg& o);
@@ -287,9 +288,9 @@ class Engine {
     std::vector<std::unique_ptr<AcceptOp>> accept_ops_;
     std::vector<std::unique_ptr<Connection>> slots_;
     std::vector<Connection*> free_;
-    std::vector<Connection*> open_;  // every connection not free
-    std::vector<Connection*> starved_;
-    uint64_t starved_published_ = 0;  // Reactor::buffers_published() at the last ENOBUFS
+    std::vector<Connection*> open_;       // every connection not free
+    std::vector<SocketStream*> starved_;  // receives waiting for a buffer (inbound, outbound)
+    uint64_t starved_published_ = 0;      // Reactor::buffers_published() at the last ENOBUFS
     uint32_t connections_max_ = 0;
     uint32_t generation_ = 0;
 

@@ -163,12 +163,8 @@ void Connection::shutdown() {
 
 // --- reading -----------------------------------------------------------------------------
 
-void Connection::resume_recv() {
-    stream_.resume_recv();
-}
-
 void Connection::stream_starved() {
-    engine_.recv_starved(this, stream_.starved_listed());
+    engine_.recv_starved(&stream_, stream_.starved_listed());
 }
 
 // Input arrived, a send completed, or the handshake moved on.

@@ -46,8 +46,6 @@ class Connection final : public smtp::MessageSink, public CommitWaiter {
     void tick(uint64_t now_ms);
     // Graceful stop: 421 and close (after a pending commit resolves).
     void shutdown();
-    // Re-arm a recv that stopped for lack of buffers.
-    void resume_recv();
     // The owner core of the client address answered Engine::auth_admit.
     void auth_admitted(const tls::AuthAdmission& a);
     // The AUTH check submitted for this connection (Engine::auth_submit) is done.

@@ -171,6 +171,12 @@ void OutboundConnection::on_connect(void* self, int res, uint32_t) {
 }
 
 // Replies arrived, a send completed or the handshake moved on.
+// Re-armed at once, a receive that found no free buffer fails again at once: a busy loop while
+// the core's buffers are all in use. The engine resumes it once a buffer has come back.
+void OutboundConnection::stream_starved() {
+    owner_.engine().recv_starved(&stream_, stream_.starved_listed());
+}
+
 void OutboundConnection::stream_ready() {
     if (state_ != State::session) return;
     feed_session();

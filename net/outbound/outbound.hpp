@@ -86,7 +86,7 @@ class OutboundConnection {
     void stream_ready();
     void stream_ended(StreamEnd why);
     void stream_released();
-    void stream_starved() { stream_.resume_recv(); }  // no buffer free right now: try again
+    void stream_starved();  // no buffer free: the engine resumes it once one is back
     void stream_tls_established();
 
     Destinations& owner_;
