@@ -137,7 +137,7 @@ bool Delivery::init(std::string* error) {
         tls_client_ = tls::TlsContext::client(tls::TlsClientSettings{}, error);
         if (tls_client_ == nullptr) return false;
     }
-    arm_dns_poll();
+    if (resolver_.fd() >= 0) arm_dns_poll();  // the simulator's resolver has no socket
     return true;
 }
 

@@ -27,6 +27,9 @@
 #include "core/queue/scheduler.hpp"
 #include "core/runtime/reactor.hpp"
 #include "dns/resolver.hpp"
+#ifdef RINGMAIL_SIM
+#include "dns/sim_resolver.hpp"
+#endif
 #include "net/smtp/smtp_client.hpp"
 #include "spool/io/commit.hpp"
 #include "spool/io/spool_reader.hpp"
@@ -197,7 +200,11 @@ class Delivery {
     uint32_t core_;
     const Config& config_;
     sched::MessageTable table_;
+#ifdef RINGMAIL_SIM
+    dns::SimResolver resolver_;  // answered by the simulated world (tests/sim/)
+#else
     dns::Resolver resolver_;
+#endif
     SpoolReader reader_;
     bool resolver_ok_ = false;
     bool stopping_ = false;

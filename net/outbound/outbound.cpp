@@ -11,6 +11,7 @@
 
 #include "core/base/log.hpp"
 #include "core/engine/engine.hpp"
+#include "core/runtime/sim_hooks.hpp"
 
 namespace ringmail {
 namespace {
@@ -140,7 +141,7 @@ void OutboundConnection::connect() {
     tls_in_.clear();
     tls_desc_.clear();
     plain_off_ = plain_len_ = 0;
-    fd_ = socket(peer_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    fd_ = sys::socket(peer_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd_ < 0) {
         error_ = std::string("socket: ") + strerror(errno);
         retry_next_ = false;  // a local problem: no other host would fare better
@@ -149,7 +150,7 @@ void OutboundConnection::connect() {
         return;
     }
     int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sys::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     io_uring_sqe* s = delivery_.engine().reactor().sqe(connect_op_);
     io_uring_prep_connect(s, fd_, reinterpret_cast<sockaddr*>(&peer_), peer_len_);
     inflight_++;
