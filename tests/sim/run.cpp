@@ -163,7 +163,6 @@ bool final_state(spool::StatusState s) {
 struct Ledger {
     std::map<std::string, std::vector<spool::StatusState>> gone;  // by queue id
     std::map<std::string, DsnSeen> dsns;                          // every DSN ever seen stored
-    std::map<std::string, std::string> tokens;                    // queue id → token
 };
 
 void note_dsns(const Scan& sc, Ledger& led) {
@@ -172,15 +171,20 @@ void note_dsns(const Scan& sc, Ledger& led) {
             if (f.dsn && !led.dsns.contains(id)) led.dsns[id] = DsnSeen{id, f.token, f.rcpts};
 }
 
-// The engine is about to delete a segment: everything in it must be final, or have a copy in
-// a later segment (compaction moved it).
+// The engine is about to delete a segment: every acknowledged message in it must be final, or
+// have a copy in a later segment (compaction moved it). (A record whose commit failed may be
+// in it too: its client got no 250, and it is not the engine's to deliver.)
 void check_unlinked(World& w, const Config& cfg, Ledger& led, const std::string& path) {
     const size_t slash = path.rfind('/');
     const uint64_t seq = strtoull(path.c_str() + slash + 1, nullptr, 16);
     const std::string dir_path = path.substr(0, slash);
     const Scan sc = scan_spool(cfg);
     note_dsns(sc, led);
+    std::set<std::string> acked;
+    for (const SentMessage& m : w.messages)
+        if (!m.acked_id.empty()) acked.insert(m.acked_id);
     for (const auto& [id, copies] : sc.messages) {
+        if (!acked.contains(id)) continue;
         bool here = false, elsewhere = false;
         const Found* f = nullptr;
         for (const Found& c : copies) {
@@ -191,7 +195,7 @@ void check_unlinked(World& w, const Config& cfg, Ledger& led, const std::string&
         }
         if (!here || elsewhere) continue;
         std::vector<spool::StatusState> states;
-        for (uint16_t i = 0; i < (f->dsn ? 1u : f->rcpts.size()); i++) {
+        for (uint16_t i = 0; i < f->rcpts.size(); i++) {
             auto it = sc.status.find({id, i});
             if (it == sc.status.end() || !final_state(it->second))
                 throw Failure("segment " + path.substr(slash + 1) + " deleted while message " + id +
@@ -200,7 +204,6 @@ void check_unlinked(World& w, const Config& cfg, Ledger& led, const std::string&
             states.push_back(it->second);
         }
         led.gone[id] = std::move(states);
-        if (!f->dsn) led.tokens[id] = f->token;
     }
     w.trace(0x9e1, seq, led.gone.size());
 }
