@@ -181,6 +181,8 @@ class Engine {
     void send_to(uint32_t core, const CoreMsg& m);
     void flush_outbox();
     void on_tick();
+    // Stopping, and nothing is left to finish: the loop ends (and the tick is not re-armed).
+    [[nodiscard]] bool finished() const;
     void begin_stop();
     void update_clock();
     [[nodiscard]] uint32_t owner_of(const smtp::IpAddress& ip) const;
