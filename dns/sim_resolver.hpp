@@ -107,7 +107,8 @@ class SimResolver {
     // The real resolver's steps (resolver.cpp, mx_answered and the address answers).
     Resolution decide(const std::string& domain, const SimDnsAnswer& a) {
         using Mx = SimDnsAnswer::Mx;
-        if (a.mx == Mx::nxdomain) return make_bounce("5.1.2", "domain " + domain + " does not exist");
+        if (a.mx == Mx::nxdomain)
+            return make_bounce("5.1.2", "domain " + domain + " does not exist");
         if (a.mx == Mx::servfail || a.mx == Mx::timeout) {
             return make_defer("4.4.3", "MX lookup for " + domain + " failed: " +
                                            (a.mx == Mx::timeout ? "timed out" : "server failure"));
@@ -119,7 +120,8 @@ class SimResolver {
             hosts.push_back(host_answer(a, domain));
         } else {
             if (is_null_mx(records)) {
-                return make_bounce("5.1.10", "domain " + domain + " does not accept mail (null MX)");
+                return make_bounce("5.1.10",
+                                   "domain " + domain + " does not accept mail (null MX)");
             }
             order_mx(records, rng_);
             if (records.empty()) {

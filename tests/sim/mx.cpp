@@ -289,10 +289,10 @@ void World::mx_reply(MxSession& m, Socket& k, int step, std::string ok) {
     edge += h.temp_ppm;
     if (step != kOther && roll < edge) {
         stats.mx_faults++;
-        static const char* kTemp[] = {"421 4.3.2 too busy, come back later\r\n",
-                                      "421 4.3.2 shutting down\r\n", "451 4.3.0 try again later\r\n",
-                                      "450 4.2.1 mailbox busy\r\n", "451 4.3.0 try again later\r\n",
-                                      "451 4.3.0 local error\r\n"};
+        static const char* kTemp[] = {
+            "421 4.3.2 too busy, come back later\r\n", "421 4.3.2 shutting down\r\n",
+            "451 4.3.0 try again later\r\n",           "450 4.2.1 mailbox busy\r\n",
+            "451 4.3.0 try again later\r\n",           "451 4.3.0 local error\r\n"};
         mx_write(m, k, kTemp[step]);
         if (step <= kEhlo) {  // 421: the server closes (RFC 5321 §3.8)
             k.client_fin = true;
@@ -306,7 +306,8 @@ void World::mx_reply(MxSession& m, Socket& k, int step, std::string ok) {
     edge += h.perm_ppm;
     if (step != kOther && step != kGreet && roll < edge) {
         stats.mx_faults++;
-        static const char* kPerm[] = {"", "550 5.7.1 not welcome\r\n",
+        static const char* kPerm[] = {"",
+                                      "550 5.7.1 not welcome\r\n",
                                       "550 5.7.1 sender refused\r\n",
                                       "550 5.2.1 mailbox disabled\r\n",
                                       "554 5.6.0 transaction refused\r\n",
@@ -384,7 +385,8 @@ void World::mx_line(MxSession& m, Socket& k, std::string_view line) {
         }
         const size_t before = k.to_server_total;
         mx_reply(m, k, kData, "354 End data with <CR><LF>.<CR><LF>\r\n");
-        if (k.to_server_total > before && k.to_server.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n")) {
+        if (k.to_server_total > before &&
+            k.to_server.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n")) {
             m.phase = MxSession::Phase::data;
             m.body.clear();
         } else {
@@ -460,7 +462,8 @@ void World::mx_step(MxSession& m) {
             } else {
                 const size_t before = k.to_server_total;
                 mx_reply(m, k, kData, "250 2.0.0 chunk Ok\r\n");
-                if (!(k.to_server_total > before && k.to_server.ends_with("250 2.0.0 chunk Ok\r\n")))
+                if (!(k.to_server_total > before &&
+                      k.to_server.ends_with("250 2.0.0 chunk Ok\r\n")))
                     m.bdat_failed = true;  // the rest of the chunks are refused too
             }
             continue;

@@ -188,8 +188,8 @@ void check_unlinked(World& w, const Config& cfg, Ledger& led, const std::string&
         bool here = false, elsewhere = false;
         const Found* f = nullptr;
         for (const Found& c : copies) {
-            const bool same = c.segment_seq == seq &&
-                              spool::core_dir_path(cfg.spool_dir, c.dir) == dir_path;
+            const bool same =
+                c.segment_seq == seq && spool::core_dir_path(cfg.spool_dir, c.dir) == dir_path;
             (same ? here : elsewhere) = true;
             if (same) f = &c;
         }
@@ -261,7 +261,8 @@ void check_delivery(World& w, const Config& cfg, Ledger& led) {
         for (const auto& [addr, n] : by_addr) {
             const auto& got = copies[{s.token, addr}];
             const uint32_t dsn = dsn_count[{s.token, addr}];
-            const std::string who = "message " + s.token + " (" + s.acked_id + ") to <" + addr + ">";
+            const std::string who =
+                "message " + s.token + " (" + s.acked_id + ") to <" + addr + ">";
             bool explained = false;
             for (const Delivered* d : got)
                 explained = explained || ambiguous(*d) || d->life < w.life;
@@ -275,8 +276,7 @@ void check_delivery(World& w, const Config& cfg, Ledger& led) {
                                   " times with no crash, restart or lost reply to explain it");
             }
             if (n[1] > 0 && !got.empty()) {
-                if (!explained)
-                    throw Failure(who + " was both delivered and bounced, unexplained");
+                if (!explained) throw Failure(who + " was both delivered and bounced, unexplained");
                 w.stats.duplicates++;
             }
             if (n[1] > 0 && !s.from.empty() && dsn == 0)
@@ -520,7 +520,7 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
         st.queue = &recovered->queues[0];
         st.recovered = &recovered->pending[0];
         auto* engine = new Engine(0, *shared, std::move(st));
-        w.begin_epoch(engine, listen_fd, stop_fd, life);
+        w.begin_epoch(engine, listen_fd, stop_fd, life, &recovered->pending[0]);
         int rc = 0;
         try {
             rc = engine->run();

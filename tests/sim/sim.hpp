@@ -29,7 +29,8 @@
 
 namespace ringmail {
 class Engine;
-}
+struct RecoveredQueueEntry;
+}  // namespace ringmail
 
 namespace ringmail::sim {
 
@@ -135,7 +136,7 @@ struct Socket {
     int fd = -1;  // the engine's end
     uint32_t client = 0;
     int32_t mx = kInbound;  // outbound: index of its MxSession once connected
-    uint32_t ip = 0;  // IPv4, host order
+    uint32_t ip = 0;        // IPv4, host order
     std::string to_server;
     size_t to_server_off = 0;
     std::string to_client;
@@ -145,7 +146,7 @@ struct Socket {
     bool client_closed = false;  // the client closed the socket: it reads nothing more
     bool rst = false;
     bool server_closed = false;
-    uint64_t to_server_total = 0;  // outbound: bytes the MX server ever wrote
+    uint64_t to_server_total = 0;    // outbound: bytes the MX server ever wrote
     uint64_t server_read_total = 0;  // bytes the engine ever received
     static constexpr int32_t kInbound = -1, kUnconnected = -2;
     [[nodiscard]] size_t unread_by_server() const { return to_server.size() - to_server_off; }
@@ -188,7 +189,7 @@ struct MxHost {
 struct MailDomain {
     std::string name;
     enum class Kind : uint8_t { mx, implicit, nxdomain, null_mx, servfail, no_address } kind;
-    std::vector<std::pair<uint32_t, uint16_t>> mx;  // MxHost index, preference
+    std::vector<std::pair<uint32_t, uint16_t>> mx;                      // MxHost index, preference
     uint32_t servfail_ppm = 0, timeout_ppm = 0, host_tempfail_ppm = 0;  // per query
     uint64_t delay_max_ms = 0;
 };
@@ -220,8 +221,8 @@ struct Delivered {
 };
 // A DSN taken by a senders' domain server, or found in the spool.
 struct DsnSeen {
-    std::string dsn_id;  // its queue id: the same for every copy of one DSN
-    std::string token;   // of the bounced message, from its quoted headers
+    std::string dsn_id;              // its queue id: the same for every copy of one DSN
+    std::string token;               // of the bounced message, from its quoted headers
     std::vector<std::string> rcpts;  // Final-Recipient
 };
 
@@ -256,7 +257,9 @@ class World final : public SimBackend {
     int getpeername(int fd, sockaddr* addr, socklen_t* len);
 
     // Set by run.cpp for each engine life.
-    void begin_epoch(Engine* engine, int listen_fd, int stop_fd, uint32_t life);
+    // recovered: the messages the engine hands to delivery when its loop starts.
+    void begin_epoch(Engine* engine, int listen_fd, int stop_fd, uint32_t life,
+                     const std::vector<RecoveredQueueEntry>* recovered);
     void end_epoch();  // the engine returned (graceful stop): the process exits
     // The stop that ended the engine was the last one (every client had gone, the baseline
     // was checked), not a restart.
@@ -327,7 +330,7 @@ class World final : public SimBackend {
         uint64_t ready_at = 0;
         Op* link_next = nullptr;
         bool hard_link = false;
-        bool fired = false;  // a multishot that posted at least one completion
+        bool fired = false;   // a multishot that posted at least one completion
         int connect_res = 0;  // IORING_OP_CONNECT: decided when it starts
         bool never = false;   // IORING_OP_CONNECT: no answer ever (a silent host)
     };
@@ -354,6 +357,7 @@ class World final : public SimBackend {
     uint64_t digest_ = 1469598103934665603ull;
     std::vector<std::unique_ptr<Op>> ops_;  // in submission order
     Engine* engine_ = nullptr;
+    const std::vector<RecoveredQueueEntry>* recovered_ = nullptr;
     int listen_fd_ = -1;
     int stop_fd_ = -1;
     bool stop_requested_ = false;

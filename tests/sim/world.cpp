@@ -70,8 +70,10 @@ size_t World::server_sockets_open() const {
     return n;
 }
 
-void World::begin_epoch(Engine* engine, int listen_fd, int stop_fd, uint32_t life_index) {
+void World::begin_epoch(Engine* engine, int listen_fd, int stop_fd, uint32_t life_index,
+                        const std::vector<RecoveredQueueEntry>* recovered) {
     engine_ = engine;
+    recovered_ = recovered;
     life = life_index;
     listen_fd_ = listen_fd;
     stop_fd_ = stop_fd;
@@ -583,6 +585,9 @@ void World::check_iteration(Reactor& r) {
     const bool settled = e.open_connections() == 0 && e.committer().idle() && backlog.empty();
     // With delivery, the run goes on until the queue is empty or the drain time has passed,
     // and stops at an instant when no outbound connection is open.
+    // Not before the engine has handed its recovered messages to delivery (it runs the ring
+    // before that, waiting for its first segment).
+    if (delivery && recovered_ != nullptr && !recovered_->empty()) return;
     if (settled && e.delivery() != nullptr) {
         if (drain_deadline_us_ == 0) drain_deadline_us_ = now_us_ + drain_us;
         const Delivery& d = *e.delivery();
