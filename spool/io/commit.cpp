@@ -347,6 +347,7 @@ void Committer::append_status(const spool::Status& st) {
 void Committer::close_segment_fd(int fd) {
     io_uring_sqe* s = reactor_.sqe(close_op_);
     io_uring_prep_close(s, fd);
+    closes_inflight_++;
 }
 
 void Committer::seal_pending() {

@@ -534,8 +534,9 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
         delete shared;
         w.end_epoch();
         if (w.disk.open_fds() != 0)
-            throw Failure(std::to_string(w.disk.open_fds()) +
-                          " file descriptors left open after a graceful stop");
+            throw Failure(
+                std::to_string(w.disk.open_fds()) +
+                " file descriptors left open after a graceful stop:" + w.disk.open_paths());
         if (!w.final_stop()) continue;  // a restart: the next life takes over the spool
         if (!w.all_clients_done()) throw Failure("the engine stopped while clients were active");
         // The last check, on the spool the stopped engine left.

@@ -99,6 +99,12 @@ class Disk {
     int fallocate(int fd, uint64_t off, uint64_t len);
     [[nodiscard]] bool is_file(int fd) const { return fds_.count(fd) != 0; }
     [[nodiscard]] size_t open_fds() const { return fds_.size(); }
+    [[nodiscard]] std::string open_paths() const {
+        std::string p;
+        for (const auto& [fd, f] : fds_)
+            p += " " + f.path;
+        return p;
+    }
     void crash();               // the power cut: files rewritten to what may survive, fds dropped
     void new_epoch();           // after recovery: what is on disk now is all durable
     uint64_t crashes_torn = 0;  // pending writes that were torn by a crash
