@@ -1,13 +1,15 @@
 // sim.hpp — the deterministic simulator of one ringmail node (TigerBeetle's VOPR,
 // FoundationDB's simulation): the real engine, connections and committer of ringmail_core_sim
 // run over a simulated reactor (core/runtime/reactor.hpp built with RINGMAIL_SIM) whose operations
-// this World executes against simulated TCP clients and a disk whose durability it tracks. One
+// this World executes against simulated TCP clients, MX hosts and DNS, and a disk whose
+// durability it tracks. One
 // 64-bit seed decides everything: client shapes, byte splits, completion order, latencies,
 // faults, crash instants; the same seed gives the same run, event for event.
 //
 // Pieces: World (world.cpp: the SimBackend, its event loop and operations), Disk (disk.cpp:
 // real files in a per-run directory, what is durable, crash images), the network and clients
 // (clients.cpp: sockets, SMTP sessions of random shape that record every 250 they read),
+// delivery's world (mx.cpp: DNS answers and MX hosts with faults, recording what they took),
 // run.cpp (one seed: epochs of engine runs, crashes, recovery, invariants) and main.cpp (the
 // ringmail-sim runner). Simulator code may throw (Failure, Crash); the engine never sees it
 // except as the unwinding of a crash.
