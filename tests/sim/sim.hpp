@@ -1,10 +1,10 @@
 // sim.hpp — the deterministic simulator of one ringmail node (TigerBeetle's VOPR,
 // FoundationDB's simulation): the real engine, connections and committer of ringmail_core_sim
-// run over a simulated reactor (core/runtime/reactor.hpp built with RINGMAIL_SIM) whose operations
-// this World executes against simulated TCP clients, MX hosts and DNS, and a disk whose
-// durability it tracks. One
-// 64-bit seed decides everything: client shapes, byte splits, completion order, latencies,
-// faults, crash instants; the same seed gives the same run, event for event.
+// run over a simulated reactor (core/runtime/reactor.hpp built with RINGMAIL_SIM) whose
+// operations this World executes against simulated TCP clients, MX hosts and DNS, and a disk
+// whose durability it tracks. One 64-bit seed decides everything: client shapes, byte splits,
+// completion order, latencies, faults, crash instants; the same seed gives the same run, event
+// for event.
 //
 // Pieces: World (world.cpp: the SimBackend, its event loop and operations), Disk (disk.cpp:
 // real files in a per-run directory, what is durable, crash images), the network and clients
