@@ -238,8 +238,6 @@ int World::connect_verdict(const io_uring_sqe& s, bool* never) {
 }
 
 void World::mx_connected(Socket& k) {
-    const auto* sa = static_cast<const void*>(nullptr);
-    (void)sa;
     MxSession m;
     m.fd = k.fd;
     // The host was found by connect_verdict; find it again by the session's address.

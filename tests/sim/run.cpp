@@ -234,9 +234,7 @@ void check_delivery(World& w, const Config& cfg, Ledger& led) {
         for (size_t i = 0; i < s.rcpts.size(); i++)
             if (s.rcpt_ok[i]) want.push_back(s.rcpts[i]);
         std::vector<spool::StatusState> states(want.size(), spool::StatusState::deferred);
-        bool queued = false;
         if (sc.messages.contains(s.acked_id)) {
-            queued = true;
             for (uint16_t i = 0; i < want.size(); i++) {
                 auto it = sc.status.find({s.acked_id, i});
                 if (it != sc.status.end()) states[i] = it->second;
@@ -293,7 +291,6 @@ void check_delivery(World& w, const Config& cfg, Ledger& led) {
                 throw Failure(who + " was delivered and is in a DSN");
             w.stats.delivered += n[0];
             w.stats.bounced += n[1];
-            (void)queued;
         }
     }
 }
