@@ -74,6 +74,11 @@ inline constexpr uint32_t channel_capacity_min = 16;
 inline constexpr uint32_t channel_capacity_max = 1u << 20;
 // threads × (threads − 1) channels of capacity entries each: the channels' memory in all.
 inline constexpr uint64_t channel_memory_max_bytes = 8ull << 30;
+// The text of cross-core jobs and outcomes travels in a per-core arena of fixed slots, not in
+// the channel entries (core/runtime/text_arena.hpp): 2 MiB per core. A full arena is
+// back-pressure: no new due work until the receivers hand slots back.
+inline constexpr uint32_t channel_text_slots = 4096;
+inline constexpr uint32_t channel_text_slot_bytes = 512;
 
 // --- Delivery --------------------------------------------------------------------------------
 inline constexpr size_t job_rcpts_max = 128;           // recipients in one cross-core job

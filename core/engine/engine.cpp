@@ -58,6 +58,7 @@ Engine::Engine(uint32_t core, Shared& shared, EngineStart start)
                                     .window_ms = shared.config->auth_failure_window_ms}) {
     outbox_.resize(ncores_);
     wake_.assign(ncores_, false);
+    returns_.assign(ncores_, TextReturn{});
 }
 
 Engine::~Engine() = default;
@@ -77,6 +78,11 @@ int Engine::run() {
     bool ok = reactor_.init(cfg.ring_entries, cfg.recv_buffer_bytes, cfg.recv_buffer_count, &error);
     if (ok) {
         shared_.ring_fds[core_] = reactor_.ring_fd();
+        if (cfg.delivery && ncores_ > 1) {
+            text_ = std::make_unique<TextArena>(limits::channel_text_slots,
+                                                limits::channel_text_slot_bytes);
+            shared_.text_arenas[core_] = text_.get();
+        }
         committer_ = std::make_unique<Committer>(reactor_, cfg, core_, *start_.queue);
         ok = committer_->open(start_.first_segment_seq, start_.first_id_counter, &error);
     }
@@ -144,6 +150,8 @@ int Engine::run() {
         starved_.clear();
         if (delivery_) delivery_->flush();
         committer_->flush(now_us_);
+        flush_text_returns();
+        retry_text_wait();
         flush_outbox();
         if (stopping_ && now_ms() > stop_deadline_ms_) {
             LOG_WARN("stop: %zu connections still open after %llu ms; exiting", open_.size(),
@@ -311,11 +319,20 @@ void Engine::handle(const CoreMsg& m) {
             RM_ASSERT(owner_of(m.auth.ip) == core_);
             auth_end(m.auth.ip, m.auth.end);
             return;
-        case CoreMsg::Kind::job:
-            if (delivery_) delivery_->handle_job(m.job);
+        case CoreMsg::Kind::job: {
+            JobMsg j = job_from(m);
+            give_back(m.from, m.job.text);
+            if (delivery_) delivery_->handle_job(j);
             return;
+        }
         case CoreMsg::Kind::outcome:
-            if (delivery_) delivery_->handle_outcome(m.outcome);
+            outcome_from(m);
+            give_back(m.from, m.outcome.text);
+            return;
+        case CoreMsg::Kind::text_return:
+            RM_ASSERT(text_ && m.text_return.count <= TextReturn::kMax);
+            for (uint32_t i = 0; i < m.text_return.count; i++)
+                text_->release(m.text_return.handles[i]);
             return;
         case CoreMsg::Kind::ip_grant:
         case CoreMsg::Kind::ip_deny: {
@@ -524,20 +541,118 @@ void Engine::on_auth_op(void* self, int res, uint32_t flags) {
     if (!(flags & IORING_CQE_F_MORE)) e->arm_auth();
 }
 
+// --- cross-core jobs and outcomes: their text in this core's TextArena ------------------------
+
+// In order: once one waits for a slot, the ones after it wait too.
 void Engine::send_job(uint32_t core, const JobMsg& j) {
-    CoreMsg m;
-    m.kind = CoreMsg::Kind::job;
-    m.from = static_cast<uint16_t>(core_);
-    m.job = j;
-    send_to(core, m);
+    if (text_wait_.empty() && try_send_job(core, j)) return;
+    stats_.text_full++;
+    text_wait_.push_back(TextWaiting{core, true, j, {}});
+    outbox_count_++;
 }
 
 void Engine::send_outcome(uint32_t core, const OutcomeMsg& o) {
+    if (text_wait_.empty() && try_send_outcome(core, o)) return;
+    stats_.text_full++;
+    text_wait_.push_back(TextWaiting{core, false, {}, o});
+    outbox_count_++;
+}
+
+bool Engine::try_send_job(uint32_t core, const JobMsg& j) {
+    RM_ASSERT(text_ != nullptr && j.rcpt_count <= limits::job_rcpts_max);
+    const uint32_t h = text_->alloc();
+    if (h == TextArena::kNone) return false;
+    char* p = text_->data(h);
+    const size_t rcpt_bytes = j.rcpt_count * sizeof(uint16_t);
+    memcpy(p, j.rcpts, rcpt_bytes);
+    memcpy(p + rcpt_bytes, j.domain, j.domain_len);
+    CoreMsg m;
+    m.kind = CoreMsg::Kind::job;
+    m.from = static_cast<uint16_t>(core_);
+    m.job =
+        JobWire{j.ref, j.message_id, j.dest_hash,  j.at.segment_seq, j.at.offset, j.at.record_bytes,
+                h,     j.at.dir,     j.rcpt_count, j.domain_len};
+    send_to(core, m);
+    return true;
+}
+
+bool Engine::try_send_outcome(uint32_t core, const OutcomeMsg& o) {
+    RM_ASSERT(text_ != nullptr);
+    const uint32_t h = text_->alloc();
+    if (h == TextArena::kNone) return false;
+    char* p = text_->data(h);
+    memcpy(p, o.text, o.text_len);
+    memcpy(p + o.text_len, o.remote, o.remote_len);
+    memcpy(p + o.text_len + o.remote_len, o.tls, o.tls_len);
     CoreMsg m;
     m.kind = CoreMsg::Kind::outcome;
     m.from = static_cast<uint16_t>(core_);
-    m.outcome = o;
+    m.outcome =
+        OutcomeWire{o.ref, o.message_id, h, o.rcpt, o.text_len, o.outcome, o.remote_len, o.tls_len};
     send_to(core, m);
+    return true;
+}
+
+void Engine::retry_text_wait() {
+    size_t i = 0;
+    for (; i < text_wait_.size(); i++) {
+        const TextWaiting& w = text_wait_[i];
+        if (!(w.is_job ? try_send_job(w.core, w.job) : try_send_outcome(w.core, w.outcome))) break;
+    }
+    if (i == 0) return;
+    text_wait_.erase(text_wait_.begin(), text_wait_.begin() + static_cast<long>(i));
+    outbox_count_ -= i;
+}
+
+// The sender's slot is read here, between popping its message and giving its handle back.
+JobMsg Engine::job_from(const CoreMsg& m) const {
+    const JobWire& w = m.job;
+    RM_ASSERT(m.from < shared_.text_arenas.size() && shared_.text_arenas[m.from] != nullptr);
+    RM_ASSERT(w.rcpt_count <= limits::job_rcpts_max && w.domain_len <= sizeof(JobMsg::domain));
+    const char* p = shared_.text_arenas[m.from]->data(w.text);
+    JobMsg j{};
+    j.ref = w.ref;
+    j.message_id = w.message_id;
+    j.dest_hash = w.dest_hash;
+    j.at = RecordLocation{w.dir, w.segment_seq, w.offset, w.record_bytes};
+    j.origin = m.from;
+    j.rcpt_count = w.rcpt_count;
+    const size_t rcpt_bytes = w.rcpt_count * sizeof(uint16_t);
+    memcpy(j.rcpts, p, rcpt_bytes);
+    j.domain_len = w.domain_len;
+    memcpy(j.domain, p + rcpt_bytes, w.domain_len);
+    return j;
+}
+
+void Engine::outcome_from(const CoreMsg& m) {
+    if (!delivery_) return;
+    const OutcomeWire& w = m.outcome;
+    RM_ASSERT(m.from < shared_.text_arenas.size() && shared_.text_arenas[m.from] != nullptr);
+    const char* p = shared_.text_arenas[m.from]->data(w.text);
+    delivery_->handle_outcome(w.ref, w.message_id, w.rcpt, w.outcome,
+                              std::string_view(p, w.text_len),
+                              std::string_view(p + w.text_len, w.remote_len),
+                              std::string_view(p + w.text_len + w.remote_len, w.tls_len));
+}
+
+void Engine::give_back(uint32_t core, uint32_t handle) {
+    TextReturn& r = returns_[core];
+    r.handles[r.count++] = handle;
+    if (r.count == TextReturn::kMax) send_text_return(core);
+}
+
+void Engine::send_text_return(uint32_t core) {
+    CoreMsg m;
+    m.kind = CoreMsg::Kind::text_return;
+    m.from = static_cast<uint16_t>(core_);
+    m.text_return = returns_[core];
+    returns_[core].count = 0;
+    send_to(core, m);
+}
+
+void Engine::flush_text_returns() {
+    for (uint32_t t = 0; t < ncores_; t++)
+        if (returns_[t].count > 0) send_text_return(t);
 }
 
 void Engine::on_segment(void* self, uint64_t seq) {

@@ -18,12 +18,13 @@
 
 #include "core/base/config.hpp"
 #include "core/queue/delivery.hpp"
-#include "core/queue/queue.hpp"
 #include "core/runtime/channel.hpp"
 #include "core/runtime/reactor.hpp"
+#include "core/runtime/text_arena.hpp"
 #include "net/smtp/relay_policy.hpp"
 #include "net/smtp/smtp_server.hpp"
 #include "spool/io/commit.hpp"
+#include "spool/io/queue_entry.hpp"
 #include "tls/auth_throttle.hpp"
 #include "tls/auth_worker.hpp"
 #include "tls/tls_session.hpp"
@@ -59,9 +60,48 @@ struct AuthMsg {
     tls::AuthAdmission admission;  // auth_admitted
     tls::AuthEnd end;              // auth_end
 };
-static_assert(sizeof(AuthMsg) <= 48, "a small message: CoreMsg's size is set by its jobs");
+static_assert(sizeof(AuthMsg) <= 56, "fits CoreMsg's 64 bytes");
 
-// A message between cores. Trivially copyable; travels on SpscRing.
+// A job as it crosses cores (JobMsg, core/queue/delivery.hpp, is its whole form): the fixed
+// fields, and the handle of a slot of the sender's TextArena holding the recipient indexes
+// (rcpt_count × uint16_t) then the domain (domain_len bytes). The origin is the sender.
+struct JobWire {
+    sched::MessageRef ref;
+    uint64_t message_id;
+    uint64_t dest_hash;
+    uint64_t segment_seq;  // RecordLocation, packed
+    uint64_t offset;
+    uint32_t record_bytes;
+    uint32_t text;  // TextArena handle
+    uint16_t dir;
+    uint16_t rcpt_count;
+    uint8_t domain_len;
+};
+
+// An outcome as it crosses back (OutcomeMsg is its whole form): the reply text, the remote
+// host and the TLS description lie back to back in a slot of the sender's TextArena.
+struct OutcomeWire {
+    sched::MessageRef ref;
+    uint64_t message_id;
+    uint32_t text;  // TextArena handle
+    uint16_t rcpt;
+    uint16_t text_len;
+    sched::Outcome outcome;
+    uint8_t remote_len;
+    uint8_t tls_len;
+};
+
+// Slots of a core's TextArena, handed back to it by the core that read them: up to kMax to a
+// message, the rest of an iteration's at its end.
+struct TextReturn {
+    static constexpr uint32_t kMax = 13;
+    uint32_t count;
+    uint32_t handles[kMax];
+};
+
+// A message between cores. Trivially copyable; travels on SpscRing. Small, because every
+// channel entry is allocated up front (--channel-capacity per pair of cores) and every permit
+// pays for the largest kind: text travels in the sender's TextArena, not here.
 struct CoreMsg {
     enum class Kind : uint8_t {
         ip_acquire,
@@ -73,6 +113,7 @@ struct CoreMsg {
         auth_end,
         job,
         outcome,
+        text_return,
     };
     CoreMsg() : permit() {}
     Kind kind = Kind::ip_acquire;
@@ -80,21 +121,32 @@ struct CoreMsg {
     union {
         PermitMsg permit;
         AuthMsg auth;
-        JobMsg job;          // recipients for a destination this core owns
-        OutcomeMsg outcome;  // a recipient's outcome, back to the message's core
+        JobWire job;          // recipients for a destination this core owns
+        OutcomeWire outcome;  // a recipient's outcome, back to the message's core
+        TextReturn text_return;
     };
 };
 static_assert(std::is_trivially_copyable_v<CoreMsg>);
-static_assert(sizeof(AuthMsg) <= sizeof(JobMsg), "AUTH messages do not grow CoreMsg");
+static_assert(sizeof(CoreMsg) <= 64, "one cache line per channel entry");
+// What a TextArena slot must hold.
+inline constexpr size_t kJobTextBytes =
+    limits::job_rcpts_max * sizeof(uint16_t) + sizeof(JobMsg::domain);
+inline constexpr size_t kOutcomeTextBytes =
+    sizeof(OutcomeMsg::text) + sizeof(OutcomeMsg::remote) + sizeof(OutcomeMsg::tls);
+static_assert(kJobTextBytes <= limits::channel_text_slot_bytes);
+static_assert(kOutcomeTextBytes <= limits::channel_text_slot_bytes);
 
-// What every core reads and nobody changes after start (ring_fds is filled before the
-// start barrier).
+// What every core reads and nobody changes after start (ring_fds and text_arenas are filled
+// before the start barrier).
 struct Shared {
     const Config* config = nullptr;
     smtp::ServerSettings settings;
     smtp::RelayPolicy policy;
     std::unique_ptr<ChannelMesh<CoreMsg>> mesh;
     std::vector<int> ring_fds;
+    // Per core, the arena its cross-core messages' text travels in (published with ring_fds;
+    // null on one core or without delivery). Only its core allocates and frees.
+    std::vector<const TextArena*> text_arenas;
     std::unique_ptr<std::barrier<>> start_barrier;
     std::atomic<int> failed{0};
     const tls::TlsContext* tls_server = nullptr;  // --tls-cert; null: no TLS
@@ -137,10 +189,11 @@ class Engine {
     [[nodiscard]] uint32_t cores() const { return ncores_; }
     void send_job(uint32_t core, const JobMsg& j);
     void send_outcome(uint32_t core, const OutcomeMsg& o);
-    // Messages waiting in the outbox for full channels reach --channel-capacity: delivery
-    // takes no new due work until they drain (what is already in an attempt still reports).
+    // Messages waiting in the outbox for full channels reach --channel-capacity, or some wait
+    // for a slot of this core's TextArena: delivery takes no new due work until they drain
+    // (what is already in an attempt still reports).
     [[nodiscard]] bool outbox_backlogged() const {
-        return outbox_count_ >= config().channel_capacity;
+        return outbox_count_ >= config().channel_capacity || !text_wait_.empty();
     }
     [[nodiscard]] Delivery* delivery() { return delivery_.get(); }
     // AUTH for connections: checks run on this core's AuthWorker thread; the result comes back
@@ -160,6 +213,7 @@ class Engine {
         uint64_t refused_busy = 0;
         uint64_t refused_per_ip = 0;
         uint64_t channel_full = 0;
+        uint64_t text_full = 0;  // a job or outcome waited for a TextArena slot
     };
     [[nodiscard]] const Stats& stats() const { return stats_; }
     // For the simulator's baseline checks once every client has gone.
@@ -180,6 +234,15 @@ class Engine {
     void handle(const CoreMsg& m);
     void send_to(uint32_t core, const CoreMsg& m);
     void flush_outbox();
+    // Cross-core text (TextArena): false when no slot is free.
+    [[nodiscard]] bool try_send_job(uint32_t core, const JobMsg& j);
+    [[nodiscard]] bool try_send_outcome(uint32_t core, const OutcomeMsg& o);
+    void retry_text_wait();
+    [[nodiscard]] JobMsg job_from(const CoreMsg& m) const;
+    void outcome_from(const CoreMsg& m);
+    void give_back(uint32_t core, uint32_t handle);
+    void send_text_return(uint32_t core);
+    void flush_text_returns();
     void on_tick();
     // Stopping, and nothing is left to finish: the loop ends (and the tick is not re-armed).
     [[nodiscard]] bool finished() const;
@@ -220,6 +283,17 @@ class Engine {
     std::vector<std::vector<CoreMsg>> outbox_;  // per target core, when its channel was full
     size_t outbox_count_ = 0;                   // in all of outbox_
     std::vector<bool> wake_;                    // per target core, pushed this iteration
+    std::unique_ptr<TextArena> text_;           // this core's cross-core text
+    // Jobs and outcomes waiting for a slot of text_, in order (counted in outbox_count_ too);
+    // bounded by the active queue, as the outbox is.
+    struct TextWaiting {
+        uint32_t core;
+        bool is_job;
+        JobMsg job;
+        OutcomeMsg outcome;
+    };
+    std::vector<TextWaiting> text_wait_;
+    std::vector<TextReturn> returns_;  // per source core, its handles to give back
 
     IoOp tick_op_{&Engine::on_tick_op, this};
     __kernel_timespec tick_ts_{0, 100'000'000};

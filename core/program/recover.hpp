@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/base/config.hpp"
-#include "core/queue/queue.hpp"
+#include "spool/io/queue_entry.hpp"
 
 namespace ringmail {
 

@@ -118,6 +118,7 @@ int main(int argc, char** argv) {
 
     shared.mesh = std::make_unique<ChannelMesh<CoreMsg>>(cfg.threads, cfg.channel_capacity);
     shared.ring_fds.assign(cfg.threads, -1);
+    shared.text_arenas.assign(cfg.threads, nullptr);
     shared.start_barrier = std::make_unique<std::barrier<>>(cfg.threads + 1);
 
     // Queue ids: core in the low byte, a counter above it that starts past every id already

@@ -14,6 +14,11 @@
 //
 // All on the engine's thread; nothing here blocks but the opening of a spool segment for
 // reading (once per segment).
+//
+// One class, one file per job: delivery.cpp (start, the tick, stop), dispatch.cpp (messages
+// in, due recipients to jobs), outcome.cpp (outcomes, expiry, the delivery log), bounce.cpp
+// (DSNs), segment_gc.cpp (segment deletion and compaction), destination.cpp (the destination
+// side); delivery_parts.hpp holds the helper types they share.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +28,6 @@
 #include <vector>
 
 #include "core/base/config.hpp"
-#include "core/queue/queue.hpp"
 #include "core/queue/scheduler.hpp"
 #include "core/runtime/reactor.hpp"
 #include "dns/resolver.hpp"
@@ -32,6 +36,7 @@
 #endif
 #include "net/smtp/smtp_client.hpp"
 #include "spool/io/commit.hpp"
+#include "spool/io/queue_entry.hpp"
 #include "spool/io/spool_reader.hpp"
 #include "spool/lifecycle.hpp"
 #include "spool/record.hpp"
@@ -44,6 +49,7 @@ class OutboundConnection;
 struct CoreMsg;
 
 // The recipients of one message that go to one destination (one transaction at most).
+// (Across cores its recipients and domain travel apart: core/engine/engine.hpp, JobWire.)
 struct JobMsg {
     sched::MessageRef ref;  // in the origin's MessageTable
     uint64_t message_id;
@@ -56,7 +62,8 @@ struct JobMsg {
     char domain[255];
 };
 
-// One recipient's outcome, back to the origin.
+// One recipient's outcome, back to the origin. (Across cores its text travels apart, in the
+// sender's TextArena: core/engine/engine.hpp, OutcomeWire.)
 struct OutcomeMsg {
     sched::MessageRef ref;
     uint64_t message_id;
@@ -109,7 +116,9 @@ class Delivery {
 
     // From the engine.
     void handle_job(const JobMsg& j);
-    void handle_outcome(const OutcomeMsg& o);
+    // An outcome from another core (its text valid during the call only).
+    void handle_outcome(sched::MessageRef ref, uint64_t message_id, uint16_t rcpt, sched::Outcome o,
+                        std::string_view text, std::string_view remote, std::string_view tls);
     void on_tick();                   // timers: due messages, expiry, DNS, connection timeouts
     void flush();                     // end of a loop iteration
     void stop();                      // graceful stop: connections QUIT, nothing new starts
@@ -192,6 +201,11 @@ class Delivery {
                std::string_view remote, std::string_view tls = {});
     void finish_message(sched::MessageRef m);
     void start_connections(Destination& d);
+    // The parts of on_tick, in its order.
+    void expire(uint64_t now);             // outcome.cpp: past the queue lifetime
+    void retry_bounces(uint64_t now);      // bounce.cpp: DSN reads and stores to try again
+    void tick_connections(uint64_t now);   // destination.cpp: connection timeouts
+    void tick_destinations(uint64_t now);  // destination.cpp: rested ones, the idle bound
     void arm_dns_poll();
     static void on_dns_readable(void* self, int res, uint32_t flags);
     [[nodiscard]] uint64_t random();

@@ -30,8 +30,8 @@
 
 #include "core/base/commit_result.hpp"
 #include "core/base/config.hpp"
-#include "core/queue/queue.hpp"
 #include "core/runtime/reactor.hpp"
+#include "spool/io/queue_entry.hpp"
 #include "spool/record.hpp"
 
 namespace ringmail::spool {

@@ -503,6 +503,7 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
         shared->settings.relay = &shared->policy;
         shared->mesh = std::make_unique<ChannelMesh<CoreMsg>>(1, cfg.channel_capacity);
         shared->ring_fds.assign(1, -1);
+        shared->text_arenas.assign(1, nullptr);
         shared->start_barrier = std::make_unique<std::barrier<>>(1);
         auto* recovered = new Recovered(std::move(rec));
         EngineStart st;

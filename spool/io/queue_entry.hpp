@@ -1,7 +1,9 @@
-// queue.hpp — where a core's messages live, as recovery and the committer hand them to delivery.
+// queue_entry.hpp — where a core's messages live, as recovery and the group commit hand them
+// to the queue manager (core/queue/). Here, below both, so that the commit and recovery need
+// nothing of the queue manager's: they hand entries on through the engine's callbacks.
 //
-// The message text stays in its spool segment, never in memory; delivery (core/delivery.*)
-// holds what it needs of each queued message until the message is final.
+// The message text stays in its spool segment, never in memory; the queue manager
+// (core/queue/delivery.*) holds what it needs of each queued message until it is final.
 #pragma once
 
 #include <cstdint>
