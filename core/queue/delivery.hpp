@@ -304,6 +304,8 @@ class Delivery {
     class CopyWaiter;
     void compact();
     void copy_read(CopyWaiter* w, int err);
+    // Every recipient's state that is not its first, as a status record (rule C1).
+    void restate_statuses(sched::MessageRef ref, uint64_t id, size_t rcpts);
     void copy_finished(CopyWaiter* w);
     std::vector<std::unique_ptr<CopyWaiter>> copies_;  // compaction copies in flight (rule C2)
     std::vector<spool::LiveMessage> live_;
