@@ -443,7 +443,9 @@ void World::mx_step(MxSession& m) {
     k.to_client.clear();
     k.to_client_off = 0;
     size_t pos = 0;
-    while (m.phase != MxSession::Phase::gone && !m.hung && pos < m.in.size()) {
+    // (An empty chunk, "BDAT 0 LAST", is answered with no byte after it.)
+    while (m.phase != MxSession::Phase::gone && !m.hung &&
+           (pos < m.in.size() || (m.phase == MxSession::Phase::bdat && m.bdat_left == 0))) {
         if (m.phase == MxSession::Phase::bdat) {
             const size_t n = std::min(m.bdat_left, m.in.size() - pos);
             if (!m.bdat_failed) m.body.append(m.in, pos, n);
