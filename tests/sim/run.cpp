@@ -163,6 +163,7 @@ bool final_state(spool::StatusState s) {
 struct Ledger {
     std::map<std::string, std::vector<spool::StatusState>> gone;  // by queue id
     std::map<std::string, DsnSeen> dsns;                          // every DSN ever seen stored
+    std::map<std::string, std::string> dropped;  // deleted while not final: queue id → segment
 };
 
 void note_dsns(const Scan& sc, Ledger& led) {
@@ -180,11 +181,9 @@ void check_unlinked(World& w, const Config& cfg, Ledger& led, const std::string&
     const std::string dir_path = path.substr(0, slash);
     const Scan sc = scan_spool(cfg);
     note_dsns(sc, led);
-    std::set<std::string> acked;
-    for (const SentMessage& m : w.messages)
-        if (!m.acked_id.empty()) acked.insert(m.acked_id);
+    // Its client may read the 250 only later: every message is judged, the acknowledged ones
+    // at the end (verify_spool, check_delivery).
     for (const auto& [id, copies] : sc.messages) {
-        if (!acked.contains(id)) continue;
         bool here = false, elsewhere = false;
         const Found* f = nullptr;
         for (const Found& c : copies) {
@@ -193,19 +192,42 @@ void check_unlinked(World& w, const Config& cfg, Ledger& led, const std::string&
             (same ? here : elsewhere) = true;
             if (same) f = &c;
         }
-        if (!here || elsewhere) continue;
+        if (!here) continue;
+        // Final: remembered, whatever other copies there are (a later one may be the record of
+        // a failed commit, which a later unlink may not see). Not final: only with another copy.
         std::vector<spool::StatusState> states;
+        bool final = true;
         for (uint16_t i = 0; i < f->rcpts.size(); i++) {
             auto it = sc.status.find({id, i});
-            if (it == sc.status.end() || !final_state(it->second))
-                throw Failure("segment " + path.substr(slash + 1) + " deleted while message " + id +
-                              " (" + f->token + ") in it has recipient " + std::to_string(i) +
-                              " not final");
-            states.push_back(it->second);
+            final = final && it != sc.status.end() && final_state(it->second);
+            states.push_back(final ? it->second : spool::StatusState::deferred);
         }
-        led.gone[id] = std::move(states);
+        if (final) {
+            led.gone[id] = std::move(states);
+        } else if (!elsewhere) {
+            led.dropped[id] = path.substr(slash + 1);
+        }
     }
     w.trace(0x9e1, seq, led.gone.size());
+}
+
+// Before a recovery, which may delete segments whose messages are all final: the final
+// acknowledged messages are remembered as check_unlinked does.
+void note_final(World& w, const Config& cfg, Ledger& led) {
+    const Scan sc = scan_spool(cfg);
+    note_dsns(sc, led);
+    for (const SentMessage& m : w.messages) {
+        auto it = sc.messages.find(m.acked_id);
+        if (m.acked_id.empty() || it == sc.messages.end()) continue;
+        std::vector<spool::StatusState> states;
+        bool final = true;
+        for (uint16_t i = 0; final && i < it->second.front().rcpts.size(); i++) {
+            auto st = sc.status.find({m.acked_id, i});
+            final = st != sc.status.end() && final_state(st->second);
+            if (final) states.push_back(st->second);
+        }
+        if (final) led.gone[m.acked_id] = std::move(states);
+    }
 }
 
 // The end of a run with delivery: every acknowledged message's fate.
@@ -409,6 +431,9 @@ void verify_spool(World& w, const Config& cfg, const std::map<std::string, size_
     }
     for (const SentMessage& s : w.messages) {
         if (s.acked_id.empty()) continue;
+        if (auto d = led.dropped.find(s.acked_id); d != led.dropped.end())
+            throw Failure("segment " + d->second + " was deleted while message " + s.token + " (" +
+                          s.acked_id + ") in it was not final");
         auto it = recovered_ids.find(s.acked_id);
         if (it == recovered_ids.end() && led.gone.contains(s.acked_id)) continue;  // delivered
         if (it == recovered_ids.end() || it->second != s.token)
@@ -485,6 +510,7 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
     std::map<std::string, size_t> by_token;
     for (uint32_t life = 0;; life++) {
         if (!make_dirs(cfg.spool_dir)) throw Failure("cannot create " + cfg.spool_dir);
+        if (w.delivery) note_final(w, cfg, led);
         Recovered rec;
         if (!recover(cfg, rec))
             throw Failure("recovery failed at the start of life " + std::to_string(life));
@@ -539,6 +565,7 @@ void run_seed(const Options& o, RunStats& stats, uint64_t& digest) {
         if (!w.final_stop()) continue;  // a restart: the next life takes over the spool
         if (!w.all_clients_done()) throw Failure("the engine stopped while clients were active");
         // The last check, on the spool the stopped engine left.
+        if (w.delivery) note_final(w, cfg, led);
         Recovered last;
         if (!recover(cfg, last)) throw Failure("recovery failed after the graceful stop");
         for (size_t i = 0; i < w.messages.size(); i++)
