@@ -207,6 +207,7 @@ class Engine {
         return outbox_count_ >= config().channel_capacity || !text_wait_.empty();
     }
     [[nodiscard]] Delivery* delivery() { return delivery_.get(); }
+    [[nodiscard]] Destinations* destinations() { return destinations_.get(); }
     // AUTH for connections: checks run on this core's AuthWorker thread; the result comes back
     // as Connection::auth_checked(). False: the worker is full (answer 454).
     [[nodiscard]] bool auth_submit(const Connection& c, std::string_view user,
@@ -259,6 +260,8 @@ class Engine {
     void on_tick();
     void publish_metrics();
     void resume_starved();
+    // Stopping, and nothing is left to finish: the loop ends (and the tick is not re-armed).
+    [[nodiscard]] bool finished() const;
     void begin_stop();
     void update_clock();
     [[nodiscard]] uint32_t owner_of(const smtp::IpAddress& ip) const;

@@ -52,7 +52,7 @@ bool Delivery::init(std::string* error) {
     own.set_listen_ports(ports);
     if (!resolver_.init(dc, std::move(own), error)) return false;
     resolver_ok_ = true;
-    arm_dns_poll();
+    if (resolver_.fd() >= 0) arm_dns_poll();  // the simulator's resolver has no socket
     return true;
 }
 

@@ -29,6 +29,7 @@
 #include "core/queue/job.hpp"
 #include "core/queue/scheduler.hpp"
 #include "core/runtime/reactor.hpp"
+#include "dns/node_resolver.hpp"
 #include "dns/resolver.hpp"
 #include "spool/io/commit.hpp"
 #include "spool/io/queue_entry.hpp"
@@ -80,7 +81,7 @@ class Delivery {
 
     // For the destination side (net/outbound/): this core's resolver and spool reader, and
     // where each recipient's outcome goes (recorded here, or sent back to its core).
-    [[nodiscard]] dns::Resolver& resolver() { return resolver_; }
+    [[nodiscard]] dns::NodeResolver& resolver() { return resolver_; }
     [[nodiscard]] SpoolReader& reader() { return reader_; }
     [[nodiscard]] OutcomeSink outcome_sink() { return OutcomeSink{this, &Delivery::on_report}; }
     void report(const JobMsg& job, uint16_t rcpt_index, sched::Outcome o, std::string_view text,
@@ -122,7 +123,7 @@ class Delivery {
     uint32_t core_;
     const Config& config_;
     sched::MessageTable table_;
-    dns::Resolver resolver_;
+    dns::NodeResolver resolver_;  // in the simulator, answered by its world (tests/sim/)
     SpoolReader reader_;
     bool resolver_ok_ = false;
     bool stopping_ = false;
@@ -208,6 +209,8 @@ class Delivery {
     class CopyWaiter;
     void compact();
     void copy_read(CopyWaiter* w, int err);
+    // Every recipient's state that is not its first, as a status record (rule C1).
+    void restate_statuses(sched::MessageRef ref, uint64_t id, size_t rcpts);
     void copy_finished(CopyWaiter* w);
     std::vector<std::unique_ptr<CopyWaiter>> copies_;  // compaction copies in flight (rule C2)
     std::vector<spool::LiveMessage> live_;

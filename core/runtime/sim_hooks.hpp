@@ -1,5 +1,6 @@
 // sim_hooks.hpp — the clock, the randomness and the few system calls the engine makes outside
-// its ring, behind one compile-time seam.
+// its ring, behind one compile-time seam: the outbound driver's socket() and setsockopt() too
+// (its connect, send and receive go through the ring, which the simulator executes).
 //
 // Production builds inline the real calls here (nothing changes on the data path). Builds with
 // RINGMAIL_SIM (the ringmail_core_sim library that the deterministic simulator links, see
@@ -30,6 +31,9 @@ struct SimHooks {
     int (*open)(void* ctx, const char* path, int flags, mode_t mode) = nullptr;
     int (*close)(void* ctx, int fd) = nullptr;
     int (*unlink)(void* ctx, const char* path) = nullptr;
+    int (*socket)(void* ctx, int domain, int type, int protocol) = nullptr;
+    int (*setsockopt)(void* ctx, int fd, int level, int name, const void* value,
+                      socklen_t len) = nullptr;
 };
 SimHooks& sim_hooks();  // core/runtime/reactor.cpp
 
@@ -56,6 +60,12 @@ inline int close(int fd) {
 }
 inline int unlink(const char* path) {
     return sim_hooks().unlink(sim_hooks().ctx, path);
+}
+inline int socket(int domain, int type, int protocol) {
+    return sim_hooks().socket(sim_hooks().ctx, domain, type, protocol);
+}
+inline int setsockopt(int fd, int level, int name, const void* value, socklen_t len) {
+    return sim_hooks().setsockopt(sim_hooks().ctx, fd, level, name, value, len);
 }
 
 #else
@@ -94,6 +104,12 @@ inline int close(int fd) {
 }
 inline int unlink(const char* path) {
     return ::unlink(path);
+}
+inline int socket(int domain, int type, int protocol) {
+    return ::socket(domain, type, protocol);
+}
+inline int setsockopt(int fd, int level, int name, const void* value, socklen_t len) {
+    return ::setsockopt(fd, level, name, value, len);
 }
 
 #endif

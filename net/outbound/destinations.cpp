@@ -13,7 +13,7 @@ struct Destinations::Waiting {
     Destinations* owner;
 };
 
-Destinations::Destinations(Engine& engine, dns::Resolver& resolver, SpoolReader& reader,
+Destinations::Destinations(Engine& engine, dns::NodeResolver& resolver, SpoolReader& reader,
                            OutcomeSink sink)
     : engine_(engine),
       config_(engine.config()),

@@ -21,7 +21,7 @@
 #include "core/base/config.hpp"
 #include "core/queue/job.hpp"
 #include "core/queue/scheduler.hpp"
-#include "dns/resolver.hpp"
+#include "dns/node_resolver.hpp"
 #include "net/smtp/smtp_client.hpp"
 #include "spool/io/spool_reader.hpp"
 #include "tls/tls_session.hpp"
@@ -44,7 +44,8 @@ inline constexpr uint64_t tls_broken_remember_ms = 3'600'000;
 class Destinations {
   public:
     // resolver and reader: this core's (the queue manager's), which outlive this object.
-    Destinations(Engine& engine, dns::Resolver& resolver, SpoolReader& reader, OutcomeSink sink);
+    Destinations(Engine& engine, dns::NodeResolver& resolver, SpoolReader& reader,
+                 OutcomeSink sink);
     ~Destinations();
     Destinations(const Destinations&) = delete;
     Destinations& operator=(const Destinations&) = delete;
@@ -127,7 +128,7 @@ class Destinations {
 
     Engine& engine_;
     const Config& config_;
-    dns::Resolver& resolver_;
+    dns::NodeResolver& resolver_;
     SpoolReader& reader_;
     OutcomeSink sink_;
     bool stopping_ = false;

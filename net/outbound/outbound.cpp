@@ -11,6 +11,7 @@
 
 #include "core/base/log.hpp"
 #include "core/engine/engine.hpp"
+#include "core/runtime/sim_hooks.hpp"
 
 namespace ringmail {
 namespace {
@@ -134,7 +135,7 @@ void OutboundConnection::connect() {
     }
     state_ = State::connecting;
     tls_desc_.clear();
-    const int fd = socket(peer_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = sys::socket(peer_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         error_ = std::string("socket: ") + strerror(errno);
         retry_next_ = false;  // a local problem: no other host would fare better
@@ -143,7 +144,7 @@ void OutboundConnection::connect() {
         return;
     }
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sys::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     stream_.open(owner_.engine().reactor(), fd);
     stream_.hold();  // the connect: a close waits for it
     io_uring_sqe* s = owner_.engine().reactor().sqe(connect_op_);

@@ -226,7 +226,9 @@ class Committer {
     uint64_t fail_serial_ =
         0;  // inject_batch_failure  // batches up to this serial fail (see finish_batch)
     std::vector<Retired> retired_;
-    uint32_t closes_inflight_ = 0;  // segment fds closed through the ring, not yet done
+    // Segment closes submitted and not completed: a stop waits for them, or the fd outlived
+    // the engine (simulator seeds 104819 and 135).
+    uint32_t closes_inflight_ = 0;
     uint64_t now_us_ = 0;
     uint64_t window_start_us_ = 0;
 

@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "core/base/log.hpp"
+#include "core/runtime/sim_hooks.hpp"
 #include "spool/record.hpp"
 #include "spool/recovery.hpp"
 
@@ -20,7 +21,7 @@ SpoolReader::SpoolReader(Reactor& reactor, std::string spool_dir, uint32_t fds_m
 
 SpoolReader::~SpoolReader() {
     for (const Open& o : open_)
-        ::close(o.fd);
+        sys::close(o.fd);
 }
 
 // Opening a segment is a blocking syscall on the reactor, once per segment per core (and a
@@ -35,7 +36,7 @@ int SpoolReader::fd_for(uint16_t dir, uint64_t seq, uint64_t* salt) {
         }
     }
     std::string path = spool::core_dir_path(spool_dir_, dir) + "/" + spool::segment_file_name(seq);
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    int fd = sys::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -errno;
     // The segment header carries the salt every record of the segment is sealed with.
     char head[128];
@@ -47,7 +48,7 @@ int SpoolReader::fd_for(uint16_t dir, uint64_t seq, uint64_t* salt) {
                  ? spool::decode_segment_header(rec->payload)
                  : std::nullopt;
     if (!h) {
-        ::close(fd);
+        sys::close(fd);
         return -EBADMSG;
     }
     *salt = h->salt;
@@ -55,7 +56,7 @@ int SpoolReader::fd_for(uint16_t dir, uint64_t seq, uint64_t* salt) {
         size_t lru = 0;
         for (size_t i = 1; i < open_.size(); i++)
             if (open_[i].used < open_[lru].used) lru = i;
-        ::close(open_[lru].fd);
+        sys::close(open_[lru].fd);
         open_[lru] = open_.back();
         open_.pop_back();
     }
@@ -66,7 +67,7 @@ int SpoolReader::fd_for(uint16_t dir, uint64_t seq, uint64_t* salt) {
 void SpoolReader::forget(uint16_t dir, uint64_t seq) {
     for (size_t i = 0; i < open_.size(); i++) {
         if (open_[i].dir == dir && open_[i].seq == seq) {
-            ::close(open_[i].fd);
+            sys::close(open_[i].fd);
             open_[i] = open_.back();
             open_.pop_back();
             return;
@@ -80,7 +81,7 @@ void SpoolReader::close_unlinked() {
     for (size_t i = 0; i < open_.size();) {
         struct stat st;
         if (fstat(open_[i].fd, &st) == 0 && st.st_nlink == 0) {
-            ::close(open_[i].fd);
+            sys::close(open_[i].fd);
             open_[i] = open_.back();
             open_.pop_back();
             continue;

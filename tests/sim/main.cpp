@@ -71,9 +71,14 @@ int run_here(const Args& a, uint64_t seed, const std::string& base) {
         fprintf(stderr,
                 "%sok digest=%016" PRIx64 " clients=%" PRIu64 " messages=%" PRIu64 " acked=%" PRIu64
                 " recovered=%" PRIu64 " unacked_recovered=%" PRIu64 " crashes=%" PRIu64
-                " faults=%" PRIu64 " steps=%" PRIu64 " enobufs=%" PRIu64 "\n",
+                " faults=%" PRIu64 " steps=%" PRIu64 " enobufs=%" PRIu64 " delivered=%" PRIu64
+                " bounced=%" PRIu64 " dsns=%" PRIu64 " queued=%" PRIu64 " duplicates=%" PRIu64
+                " dsn_duplicates=%" PRIu64 " connects=%" PRIu64 " mx_faults=%" PRIu64
+                " dns=%" PRIu64 "\n",
                 kResult, digest, st.clients, st.messages_sent, st.acked, st.recovered,
-                st.unacked_recovered, st.crashes, st.faults, st.steps, st.recv_enobufs);
+                st.unacked_recovered, st.crashes, st.faults, st.steps, st.recv_enobufs,
+                st.delivered, st.bounced, st.dsns, st.queued_at_end, st.duplicates,
+                st.dsn_duplicates, st.connects, st.mx_faults, st.dns_queries);
     } catch (const sim::Failure& f) {
         fprintf(stderr, "%sFAIL %s\n", kResult, f.what());
         rc = 1;

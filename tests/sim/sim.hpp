@@ -1,13 +1,15 @@
 // sim.hpp — the deterministic simulator of one ringmail node (TigerBeetle's VOPR,
 // FoundationDB's simulation): the real engine, connections and committer of ringmail_core_sim
-// run over a simulated reactor (core/runtime/reactor.hpp built with RINGMAIL_SIM) whose operations
-// this World executes against simulated TCP clients and a disk whose durability it tracks. One
-// 64-bit seed decides everything: client shapes, byte splits, completion order, latencies,
-// faults, crash instants; the same seed gives the same run, event for event.
+// run over a simulated reactor (core/runtime/reactor.hpp built with RINGMAIL_SIM) whose
+// operations this World executes against simulated TCP clients, MX hosts and DNS, and a disk
+// whose durability it tracks. One 64-bit seed decides everything: client shapes, byte splits,
+// completion order, latencies, faults, crash instants; the same seed gives the same run, event
+// for event.
 //
 // Pieces: World (world.cpp: the SimBackend, its event loop and operations), Disk (disk.cpp:
 // real files in a per-run directory, what is durable, crash images), the network and clients
 // (clients.cpp: sockets, SMTP sessions of random shape that record every 250 they read),
+// delivery's world (mx.cpp: DNS answers and MX hosts with faults, recording what they took),
 // run.cpp (one seed: epochs of engine runs, crashes, recovery, invariants) and main.cpp (the
 // ringmail-sim runner). Simulator code may throw (Failure, Crash); the engine never sees it
 // except as the unwinding of a crash.
@@ -17,6 +19,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -24,10 +27,12 @@
 #include <vector>
 
 #include "core/runtime/reactor.hpp"
+#include "dns/sim_resolver.hpp"
 
 namespace ringmail {
 class Engine;
-}
+struct RecoveredQueueEntry;
+}  // namespace ringmail
 
 namespace ringmail::sim {
 
@@ -96,6 +101,12 @@ class Disk {
     int fallocate(int fd, uint64_t off, uint64_t len);
     [[nodiscard]] bool is_file(int fd) const { return fds_.count(fd) != 0; }
     [[nodiscard]] size_t open_fds() const { return fds_.size(); }
+    [[nodiscard]] std::string open_paths() const {
+        std::string p;
+        for (const auto& [fd, f] : fds_)
+            p += " " + f.path;
+        return p;
+    }
     void crash();               // the power cut: files rewritten to what may survive, fds dropped
     void new_epoch();           // after recovery: what is on disk now is all durable
     uint64_t crashes_torn = 0;  // pending writes that were torn by a crash
@@ -126,10 +137,14 @@ class Disk {
 
 // --- the network and its clients -------------------------------------------------------------
 
+// One TCP connection. The engine's end is `fd`; the far end is a simulated client (inbound:
+// `client`, mx < 0) or a simulated MX server's session (outbound, delivery: `mx`). "server"
+// names the engine's side and "client" the far side in both directions.
 struct Socket {
-    int fd = -1;  // the server's end
+    int fd = -1;  // the engine's end
     uint32_t client = 0;
-    uint32_t ip = 0;  // IPv4, host order
+    int32_t mx = kInbound;  // outbound: index of its MxSession once connected
+    uint32_t ip = 0;        // IPv4, host order
     std::string to_server;
     size_t to_server_off = 0;
     std::string to_client;
@@ -139,6 +154,9 @@ struct Socket {
     bool client_closed = false;  // the client closed the socket: it reads nothing more
     bool rst = false;
     bool server_closed = false;
+    uint64_t to_server_total = 0;    // outbound: bytes the MX server ever wrote
+    uint64_t server_read_total = 0;  // bytes the engine ever received
+    static constexpr int32_t kInbound = -1, kUnconnected = -2;
     [[nodiscard]] size_t unread_by_server() const { return to_server.size() - to_server_off; }
     [[nodiscard]] size_t unread_by_client() const { return to_client.size() - to_client_off; }
 };
@@ -173,6 +191,65 @@ class ClientModel {
     ~ClientModel() = default;
 };
 
+// --- destinations: the DNS and the MX servers that delivery talks to (mx.cpp) ----------------
+
+// One simulated MX host, its faults drawn from the seed.
+struct MxHost {
+    std::string name;
+    uint32_t ip = 0;    // IPv4, host order
+    bool sink = false;  // serves the senders' domain, where DSNs go: no permanent refusal
+    bool pipelining = true, chunking = false;
+    uint32_t rcpts_max = 0;  // 0: no limit; else "452 4.5.3" past it in a transaction
+    // Per connection attempt: refused, or never answered (the engine's connect timeout).
+    uint32_t refuse_ppm = 0, blackhole_ppm = 0;
+    // Per reply: a 4xx, a 5xx, a reset or close instead of it, silence instead of it.
+    uint32_t temp_ppm = 0, perm_ppm = 0, cut_ppm = 0, hang_ppm = 0;
+    // Gone (refusing or silent, its open sessions reset) during these [from, to) instants.
+    std::vector<std::pair<uint64_t, uint64_t>> down;
+    bool down_silent = false;
+};
+
+// One mail domain as DNS sees it.
+struct MailDomain {
+    std::string name;
+    enum class Kind : uint8_t { mx, implicit, nxdomain, null_mx, servfail, no_address } kind;
+    std::vector<std::pair<uint32_t, uint16_t>> mx;                      // MxHost index, preference
+    uint32_t servfail_ppm = 0, timeout_ppm = 0, host_tempfail_ppm = 0;  // per query
+    uint64_t delay_max_ms = 0;
+};
+
+// The far end of one outbound connection: a scripted SMTP server (RFC 5321, PIPELINING,
+// CHUNKING) whose replies may be faults.
+struct MxSession {
+    uint32_t host = 0;
+    int fd = -1;
+    enum class Phase : uint8_t { greet, command, data, bdat, gone } phase = Phase::greet;
+    uint64_t next_us = 0;
+    bool hung = false;  // silent from now on
+    std::string in;     // bytes received, not yet taken
+    size_t bdat_left = 0;
+    bool bdat_last = false;
+    bool in_tx = false, bdat_failed = false;
+    std::string from;
+    std::vector<std::string> rcpts;  // accepted in this transaction
+    std::string body;
+};
+
+// One recipient's copy as an MX server took it (the reply 250 to its data was written).
+struct Delivered {
+    std::string token;  // the message's X-Sim-Token
+    std::string rcpt;
+    uint32_t life = 0;  // the engine's life then
+    int fd = -1;        // the connection: its 250 may have been lost with it
+    uint64_t reply_end = 0;
+};
+// A DSN taken by a senders' domain server, or found in the spool.
+struct DsnSeen {
+    std::string dsn_id;              // its queue id: the same for every copy of one DSN
+    std::string token;               // of the bounced message, from its quoted headers
+    std::vector<std::string> rcpts;  // Final-Recipient
+};
+
 struct Options {
     uint64_t seed = 0;
     uint64_t steps_max = 3'000'000;
@@ -185,6 +262,9 @@ struct RunStats {
     uint64_t clients = 0, messages_sent = 0, acked = 0, recovered = 0, crashes = 0,
              unacked_recovered = 0, cqes = 0, steps = 0, faults = 0;
     uint64_t recv_enobufs = 0;  // receives that found no provided buffer
+    // Delivery (seeds that simulate it).
+    uint64_t delivered = 0, bounced = 0, dsns = 0, queued_at_end = 0, duplicates = 0,
+             dsn_duplicates = 0, connects = 0, mx_faults = 0, dns_queries = 0;
 };
 
 class World final : public SimBackend {
@@ -203,7 +283,9 @@ class World final : public SimBackend {
     int getpeername(int fd, sockaddr* addr, socklen_t* len);
 
     // Set by run.cpp for each engine life.
-    void begin_epoch(Engine* engine, int listen_fd, int stop_fd);
+    // recovered: the messages the engine hands to delivery when its loop starts.
+    void begin_epoch(Engine* engine, int listen_fd, int stop_fd, uint32_t life,
+                     const std::vector<RecoveredQueueEntry>* recovered);
     void end_epoch();  // the engine returned (graceful stop): the process exits
     // The stop that ended the engine was the last one (every client had gone, the baseline
     // was checked), not a restart.
@@ -221,6 +303,29 @@ class World final : public SimBackend {
     void spawn_client();
     void wake_client(uint32_t id, uint64_t delay_us);
     Socket* socket_of(int fd);
+    void wake_peer(Socket& s, uint64_t delay_us);
+
+    // Destinations (mx.cpp).
+    void make_destinations(uint64_t span_us);
+    dns::SimDnsAnswer dns_query(std::string_view domain);
+    int sim_socket(int domain, int type);
+    int connect_verdict(const io_uring_sqe& sqe, bool* never);  // 0 or -errno
+    void mx_connected(Socket& s);
+    void mx_step(MxSession& m);
+    [[nodiscard]] bool host_down(const MxHost& h) const;
+    // The engine has delivery: the run goes on after the clients until the queue is empty
+    // or past this many microseconds.
+    bool delivery = false;
+    uint64_t drain_us = 0;
+    std::vector<MxHost> mx_hosts;
+    std::vector<MailDomain> domains;
+    std::vector<MxSession> mx_sessions;
+    std::vector<Delivered> delivered;
+    std::vector<DsnSeen> dsns_delivered;
+    uint32_t life = 0;
+    // Called with a spool segment's path just before the engine deletes it (run.cpp checks
+    // that everything it holds is final).
+    std::function<void(const std::string& path)> before_unlink;
 
     Rng rng;
     Disk disk;
@@ -252,8 +357,14 @@ class World final : public SimBackend {
         uint64_t ready_at = 0;
         Op* link_next = nullptr;
         bool hard_link = false;
-        bool fired = false;  // a multishot that posted at least one completion
+        bool fired = false;   // a multishot that posted at least one completion
+        int connect_res = 0;  // IORING_OP_CONNECT: decided when it starts
+        bool never = false;   // IORING_OP_CONNECT: no answer ever (a silent host)
     };
+    void mx_write(MxSession& m, Socket& k, std::string_view text);
+    void mx_reply(MxSession& m, Socket& k, int step, std::string ok);
+    void mx_line(MxSession& m, Socket& k, std::string_view line);
+    void mx_message_end(MxSession& m, Socket& k);
     void activate(Op& op);
     [[nodiscard]] bool ready(const Op& op) const;
     void execute(Op& op, std::vector<SimCqe>& out);
@@ -274,10 +385,12 @@ class World final : public SimBackend {
     uint64_t digest_ = 1469598103934665603ull;
     std::vector<std::unique_ptr<Op>> ops_;  // in submission order
     Engine* engine_ = nullptr;
+    const std::vector<RecoveredQueueEntry>* recovered_ = nullptr;
     int listen_fd_ = -1;
     int stop_fd_ = -1;
     bool stop_requested_ = false;
     uint64_t settle_deadline_us_ = 0;
+    uint64_t drain_deadline_us_ = 0;
     bool baseline_checked_ = false;
     int next_fd_ = kSimFdBase;
     size_t crash_index_ = 0;

@@ -9,7 +9,9 @@
 #include <cstring>
 
 #include "core/engine/engine.hpp"
+#include "core/queue/delivery.hpp"
 #include "core/runtime/sim_hooks.hpp"
+#include "net/outbound/destinations.hpp"
 #include "tests/sim/client.hpp"
 #include "tests/sim/sim.hpp"
 
@@ -42,6 +44,21 @@ void install_sim_hooks(World& w) {
         errno = -r;
         return -1;
     };
+    h.socket = [](void* c, int domain, int type, int) {
+        const int r = static_cast<World*>(c)->sim_socket(domain, type);
+        if (r >= 0) return r;
+        errno = -r;
+        return -1;
+    };
+    h.setsockopt = [](void* c, int fd, int, int, const void*, socklen_t) {
+        if (static_cast<World*>(c)->socket_of(fd) != nullptr) return 0;
+        errno = EBADF;
+        return -1;
+    };
+    dns::sim_dns().ctx = &w;
+    dns::sim_dns().query = [](void* c, std::string_view d) {
+        return static_cast<World*>(c)->dns_query(d);
+    };
 }
 
 World::World(const Options& o) : rng(o.seed), disk(rng), opt(o) {}
@@ -58,6 +75,16 @@ void World::trace(uint64_t a, uint64_t b, uint64_t c) {
 Socket* World::socket_of(int fd) {
     auto it = sockets.find(fd);
     return it == sockets.end() ? nullptr : &it->second;
+}
+
+// The far end has something to do (bytes arrived, the engine closed): its next step.
+void World::wake_peer(Socket& s, uint64_t delay_us) {
+    if (s.mx == Socket::kInbound) {
+        wake_client(s.client, delay_us);
+    } else if (s.mx >= 0) {
+        MxSession& m = mx_sessions[static_cast<size_t>(s.mx)];
+        if (m.phase != MxSession::Phase::gone) m.next_us = std::min(m.next_us, now_us_ + delay_us);
+    }
 }
 
 int World::getpeername(int fd, sockaddr* addr, socklen_t* len) {
@@ -85,16 +112,20 @@ bool World::all_clients_done() const {
 size_t World::server_sockets_open() const {
     size_t n = 0;
     for (const auto& [fd, s] : sockets)
-        if (!s.server_closed) n++;
+        if (s.mx == Socket::kInbound && !s.server_closed) n++;
     return n;
 }
 
-void World::begin_epoch(Engine* engine, int listen_fd, int stop_fd) {
+void World::begin_epoch(Engine* engine, int listen_fd, int stop_fd, uint32_t life_index,
+                        const std::vector<RecoveredQueueEntry>* recovered) {
     engine_ = engine;
+    recovered_ = recovered;
+    life = life_index;
     listen_fd_ = listen_fd;
     stop_fd_ = stop_fd;
     stop_requested_ = false;
     settle_deadline_us_ = 0;
+    drain_deadline_us_ = 0;
     baseline_checked_ = false;
 }
 
@@ -106,7 +137,7 @@ void World::end_epoch() {
         if (s.server_closed) continue;
         s.server_closed = true;
         if (s.unread_by_server() > 0) s.rst = true;  // unread data: the kernel resets
-        if (clients[s.client]->state != Client::State::done) wake_client(s.client, 1);
+        wake_peer(s, 1);
     }
     backlog.clear();
     engine_ = nullptr;
@@ -122,7 +153,7 @@ void World::crash() {
     for (auto& [fd, s] : sockets) {
         s.rst = true;
         s.server_closed = true;
-        if (clients[s.client]->state != Client::State::done) wake_client(s.client, 1);
+        wake_peer(s, 1);
     }
     backlog.clear();
     disk.crash();
@@ -156,6 +187,7 @@ void World::submit(Reactor& r, const io_uring_sqe* sqes, uint32_t n) {
             case IORING_OP_OPENAT:
             case IORING_OP_UNLINKAT:
             case IORING_OP_MSG_RING:
+            case IORING_OP_CONNECT:
                 break;
             default:
                 throw Failure("the simulator does not model io_uring opcode " +
@@ -201,6 +233,10 @@ void World::activate(Op& op) {
             cancel(op);  // runs at once, as the kernel's does
             op.ready_at = now_us_;
             return;
+        case IORING_OP_CONNECT:
+            op.connect_res = connect_verdict(s, &op.never);
+            op.ready_at = now_us_ + rng.range(50, 40'000);
+            return;
         case IORING_OP_NOP:
         case IORING_OP_MSG_RING:
         case IORING_OP_RECV:
@@ -234,6 +270,7 @@ void World::cancel(Op& c) {
         const uint8_t code = t.sqe.opcode;
         const bool waits = code == IORING_OP_RECV || code == IORING_OP_SEND ||
                            code == IORING_OP_ACCEPT || code == IORING_OP_TIMEOUT ||
+                           code == IORING_OP_CONNECT ||
                            (code == IORING_OP_READ && !disk.is_file(t.sqe.fd));
         if (waits) {
             t.st = Op::St::cancelled;
@@ -272,6 +309,8 @@ bool World::ready(const Op& op) const {
         }
         case IORING_OP_ACCEPT:
             return s.fd != listen_fd_ || !backlog.empty();
+        case IORING_OP_CONNECT:
+            return !op.never;
         case IORING_OP_READ:
             if (s.fd == stop_fd_) return stop_requested_;
             return true;
@@ -313,6 +352,13 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
         case IORING_OP_MSG_RING:
             // One core only: a wake to ourselves (or a dead ring) has nothing to carry.
             return complete(op, -EBADFD, 0, out);
+        case IORING_OP_CONNECT: {
+            Socket* k = socket_of(s.fd);
+            if (k == nullptr || k->server_closed) return complete(op, -EBADF, 0, out);
+            if (k->mx != Socket::kUnconnected) return complete(op, -EISCONN, 0, out);
+            if (op.connect_res == 0) mx_connected(*k);
+            return complete(op, op.connect_res, 0, out);
+        }
         case IORING_OP_ACCEPT: {
             if (s.fd != listen_fd_) return complete(op, -EBADF, 0, out);
             const int fd = backlog.front();
@@ -336,6 +382,7 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
             memcpy(op.r->buffer(static_cast<uint16_t>(bid)), k->to_server.data() + k->to_server_off,
                    n);
             k->to_server_off += n;
+            k->server_read_total += n;
             if (k->to_server_off == k->to_server.size()) {
                 k->to_server.clear();
                 k->to_server_off = 0;
@@ -359,7 +406,7 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
             size_t n = std::min<size_t>(s.len, room);
             if (n > 1 && rng.chance(1, 8)) n = rng.range(1, n);  // a short send
             k->to_client.append(reinterpret_cast<const char*>(s.addr), n);
-            wake_client(k->client, rng.range(20, 400));
+            wake_peer(*k, rng.range(20, 400));
             return complete(op, static_cast<int>(n), 0, out);
         }
         case IORING_OP_CLOSE: {
@@ -372,7 +419,7 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
                                       " with an operation still in flight on it (opcode " +
                                       std::to_string(p->sqe.opcode) + ")");
                 k->server_closed = true;
-                wake_client(k->client, rng.range(20, 400));
+                wake_peer(*k, rng.range(20, 400));
                 return complete(op, 0, 0, out);
             }
             return complete(op, disk.close(s.fd), 0, out);
@@ -425,6 +472,11 @@ void World::execute(Op& op, std::vector<SimCqe>& out) {
             return complete(op, fd, 0, out);
         }
         case IORING_OP_UNLINKAT:
+            if (delivery) {
+                // What the segment held, for run.cpp's checks of what delivery deleted.
+                const std::string path = reinterpret_cast<const char*>(s.addr);
+                if (path.ends_with(".seg") && before_unlink) before_unlink(path);
+            }
             return complete(op, disk.unlink(reinterpret_cast<const char*>(s.addr)), 0, out);
         default:
             throw Failure("unhandled opcode " + std::to_string(s.opcode));
@@ -523,6 +575,10 @@ void World::run_clients() {
         else
             client_step(c);
     }
+    for (size_t i = 0; i < mx_sessions.size(); i++) {
+        MxSession& m = mx_sessions[i];
+        if (m.phase != MxSession::Phase::gone && m.next_us <= now_us_) mx_step(m);
+    }
 }
 
 uint64_t World::next_event_us() const {
@@ -531,6 +587,8 @@ uint64_t World::next_event_us() const {
         if (p->st == Op::St::active && p->ready_at > now_us_) t = std::min(t, p->ready_at);
     for (const auto& c : clients)
         if (c->state != Client::State::done) t = std::min(t, c->next_us);
+    for (const auto& m : mx_sessions)
+        if (m.phase != MxSession::Phase::gone) t = std::min(t, m.next_us);
     if (clients.size() < clients_total && !stop_requested_) t = std::min(t, next_arrival_us);
     if (crash_index_ < crash_at_us.size()) t = std::min(t, crash_at_us[crash_index_]);
     if (restart_index_ < restart_at_us.size() && !stop_requested_)
@@ -597,8 +655,28 @@ void World::check_iteration(Reactor& r) {
     Engine& e = *engine_;
     // A connection refused for lack of slots gets its 421 and close with nothing tracking
     // them in the engine (Engine::refuse_busy): they may still be in flight.
-    const bool settled = e.open_connections() == 0 && e.committer().idle() && backlog.empty() &&
-                         server_sockets_open() == 0;
+    const bool inbound_settled =
+        e.open_connections() == 0 && backlog.empty() && server_sockets_open() == 0;
+    const bool settled = inbound_settled && e.committer().idle();
+    // With delivery, the run goes on until the queue is empty or the drain time has passed,
+    // and stops at an instant when no outbound connection is open.
+    // Not before the engine has handed its recovered messages to delivery (it runs the ring
+    // before that, waiting for its first segment).
+    if (delivery && recovered_ != nullptr && !recovered_->empty()) return;
+    // (Delivery's statuses keep the committer busy meanwhile: it is waited for with them.)
+    if (inbound_settled && e.delivery() != nullptr) {
+        if (drain_deadline_us_ == 0) drain_deadline_us_ = now_us_ + drain_us;
+        const Delivery& d = *e.delivery();
+        const bool drained = d.queued() == 0 || now_us_ > drain_deadline_us_;
+        const bool outbound_idle = e.destinations() == nullptr || e.destinations()->idle();
+        if (!drained || !outbound_idle || !settled) {
+            if (now_us_ > drain_deadline_us_ + 400ull * 1000 * 1000)
+                throw Failure(
+                    "delivery or the committer never went idle 400 s after the drain time" +
+                    describe());
+            return;
+        }
+    }
     if (!settled) {
         if (now_us_ > settle_deadline_us_)
             throw Failure("every client has gone, and after 400 s the engine still has " +
