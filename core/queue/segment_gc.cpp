@@ -212,9 +212,13 @@ void Delivery::copy_committed(const QueueEntry& e, const CommitWaiter& cw) {
     // behind the copy; the old copy is dead once they are durable, and the segments after it
     // (that earlier one too) wait for it (rule D1).
     restate_statuses(w.ref, h.id, h.addr_end.size());
+    // Called while the committer finishes the copy's batch: that batch is counted in commits
+    // and still in batches_inflight, so the batch the restatement rides in is the one after the
+    // others in flight. (+1 here waited for a commit an idle relay never makes: the old segment
+    // was never deleted.)
     const Committer& c = engine_.committer();
     finals_.push_back(
-        FinalPending{h.segdir, h.slot, h.id, c.stats().commits + c.batches_inflight() + 1u});
+        FinalPending{h.segdir, h.slot, h.id, c.stats().commits + c.batches_inflight()});
     h.segdir = 0;
     h.slot = segdirs_[0]->tracker.message_added(e.segment_seq, h.id);
     h.at = RecordLocation{e.dir, e.segment_seq, e.offset, e.record_bytes};

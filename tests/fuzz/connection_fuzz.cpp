@@ -453,7 +453,7 @@ bool run_life(World& w, const Config& cfg, const smtp::RelayPolicy& policy,
     st.queue = &rec.queues[0];
     st.recovered = &rec.pending[0];
     auto engine = std::make_unique<Engine>(0, shared, std::move(st));
-    w.begin_epoch(engine.get(), listen_fd, stop_fd);
+    w.begin_epoch(engine.get(), listen_fd, stop_fd, 0, &rec.pending[0]);  // no delivery here
     try {
         FUZZ_CHECK(engine->run() == 0);
     } catch (const Crash&) {

@@ -27,7 +27,7 @@ BAD = [
     (["--hostname", "mx example"], "--hostname"),
     (["--threads", "257"], "--threads"),  # queue ids carry the core in one byte
     (["--threads", "200"], "--threads"),  # 200 × 199 channels of 4096 entries
-    (["--channel-capacity", "1048576", "--threads", "8"], "--channel-capacity"),
+    (["--channel-capacity", "1048576", "--threads", "16"], "--channel-capacity"),  # 16 GiB
     (["--channel-capacity", "1000"], "--channel-capacity"),
     (["--ring-entries", "32768"], "--ring-entries"),  # its 4x CQ is past the kernel's limit
     (["--ring-entries", "127"], "--ring-entries"),
