@@ -255,7 +255,7 @@ class Engine {
     [[nodiscard]] JobMsg job_from(const CoreMsg& m) const;
     void outcome_from(const CoreMsg& m);
     void give_back(uint32_t core, uint32_t handle);
-    void send_text_return(uint32_t core);
+    void send_text_return(uint32_t core, bool wake);
     void flush_text_returns();
     void on_tick();
     void publish_metrics();
